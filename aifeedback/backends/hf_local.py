@@ -1,0 +1,397 @@
+"""The ``transformers`` backend: in-process, CPU or GPU, the embedded default.
+
+* ``generate``: batched decoding with our own loop (left padding, a KV cache,
+  per-row seeded sampling); ``model.generate`` spends most of its time in
+  per-step bookkeeping on CPU.
+* ``choice_probs``: the prompts of a batch are scored as a two-level prefix
+  tree. The prefix shared by the whole batch (preamble, few-shot exemplars) is
+  computed once; each run of consecutive prompts sharing a longer prefix (the
+  two orders of a pair share the context) computes that part once more; only
+  the remaining suffixes are computed per prompt. Padding sits between the
+  levels and is masked, with explicit position ids, so every row ends at the
+  answer point.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import threading
+
+from ..config import BackendConfig, SamplingConfig
+from ..errors import BackendError
+from ..models import resolve
+from .base import BackendStats, Capabilities, Chat, ChoiceResult, Completion, GenerationResult, ScoringPrompt, normalise
+
+_LOADED: dict[tuple, tuple] = {}
+_LOAD_LOCK = threading.Lock()
+MIN_GROUP_GAIN = 8  # a group level is used only when it shares this many more tokens
+
+
+def _lcp(a: list[int], b: list[int]) -> int:
+    n = min(len(a), len(b))
+    i = 0
+    while i < n and a[i] == b[i]:
+        i += 1
+    return i
+
+
+def load_causal_lm(model_id: str, device: str = "auto", dtype: str = "float32"):
+    """Load (model, tokenizer) once per process; later calls return the same objects."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    resolved = resolve(model_id)
+    dev = ("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device
+    key = (str(resolved.path), dev, dtype)
+    with _LOAD_LOCK:
+        if key not in _LOADED:
+            torch_dtype = getattr(torch, dtype) if dtype != "auto" else "auto"
+            tok = AutoTokenizer.from_pretrained(resolved.path)
+            model = AutoModelForCausalLM.from_pretrained(resolved.path, dtype=torch_dtype).to(dev).eval()
+            _LOADED[key] = (model, tok, resolved)
+        return _LOADED[key]
+
+
+class TransformersBackend:
+    name = "transformers"
+
+    def __init__(self, cfg: BackendConfig):
+        import torch
+
+        self.cfg = cfg
+        self.model_id = cfg.model
+        if cfg.num_threads:
+            torch.set_num_threads(cfg.num_threads)
+        self.model, self.tok, self.resolved = load_causal_lm(cfg.model, cfg.device, cfg.dtype)
+        self.device = self.model.device
+        import inspect
+
+        # transformers renamed past_key_values to cache in 5.2x; accept both
+        self._ckw = "cache" if "cache" in inspect.signature(self.model.forward).parameters else "past_key_values"
+        mc = getattr(self.model.config, "max_position_embeddings", None) or 2048
+        self.max_context = min(cfg.max_context or mc, mc)
+        if self.tok.pad_token_id is None:
+            self.tok.pad_token = self.tok.eos_token
+        self.pad_id = self.tok.pad_token_id
+        eos = set()
+        for tid in (self.tok.eos_token_id, self.tok.convert_tokens_to_ids("<|im_end|>"), getattr(self.model.generation_config, "eos_token_id", None)):
+            if isinstance(tid, int) and tid >= 0 and tid != self.tok.unk_token_id:
+                eos.add(tid)
+            elif isinstance(tid, list):
+                eos.update(t for t in tid if isinstance(t, int))
+        self.eos_ids = sorted(eos)
+        self.capabilities = Capabilities(logprobs=True, prefix_reuse=True, in_process=True, token_counts_exact=True, max_context=self.max_context)
+        self.stats = BackendStats()
+        self._lock = threading.Lock()  # one forward pass at a time per process
+
+    def __repr__(self) -> str:
+        return f"TransformersBackend(model={self.model_id!r}, device={self.device})"
+
+    # prompts ----------------------------------------------------------------
+    def render(self, messages: Chat) -> str:
+        if getattr(self.tok, "chat_template", None):
+            return self.tok.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+        return "".join(f"{m['role']}: {m['content']}\n" for m in messages) + "assistant: "
+
+    def encode(self, text: str) -> list[int]:
+        return self.tok(text, add_special_tokens=False)["input_ids"]
+
+    def count_chat_tokens(self, messages: Chat) -> int:
+        return len(self.encode(self.render(messages)))
+
+    def _fit(self, ids: list[int], budget: int) -> tuple[list[int], bool]:
+        """Cut the middle of an over-long prompt, keeping its head and its end (where the question and answer point are)."""
+        if len(ids) <= budget:
+            return ids, False
+        head = budget // 4
+        return ids[:head] + ids[len(ids) - (budget - head) :], True
+
+    # generation -------------------------------------------------------------
+    def generate(self, chats: list[Chat], params: SamplingConfig, seeds: list[list[int]] | None = None) -> list[GenerationResult]:
+        self.stats.generate_calls += 1
+        rows: list[tuple[int, int, list[int], bool, int | None]] = []  # (chat, sample, ids, truncated, seed)
+        budget = max(8, self.max_context - params.max_new_tokens)
+        for i, chat in enumerate(chats):
+            ids, trunc = self._fit(self.encode(self.render(chat)), budget)
+            for j in range(params.n):
+                rows.append((i, j, ids, trunc, None if seeds is None else int(seeds[i][j])))
+        results = [GenerationResult(completions=[None] * params.n) for _ in chats]  # type: ignore[list-item]
+        # sort by length so each micro-batch pads little
+        order = sorted(range(len(rows)), key=lambda r: len(rows[r][2]))
+        bs = self.cfg.gen_batch_size
+        with self._lock:
+            for s in range(0, len(order), bs):
+                chunk = [rows[r] for r in order[s : s + bs]]
+                outs = self._decode([c[2] for c in chunk], params, [c[4] for c in chunk])
+                for (i, j, ids, trunc, seed), (toks, finish) in zip(chunk, outs):
+                    results[i].completions[j] = Completion(
+                        text=self.tok.decode(toks, skip_special_tokens=True).strip(),
+                        prompt_tokens=len(ids),
+                        completion_tokens=len(toks),
+                        finish_reason=finish,
+                        seed=seed,
+                        prompt_truncated=trunc,
+                    )
+                    self.stats.tokens_generated += len(toks)
+                    self.stats.tokens_prefilled += len(ids)
+        self.stats.chats_generated += len(chats)
+        return results
+
+    def _decode(self, prompts: list[list[int]], params: SamplingConfig, seeds: list[int | None]) -> list[tuple[list[int], str]]:
+        import torch
+        from transformers import DynamicCache
+
+        B = len(prompts)
+        L = max(len(p) for p in prompts)
+        ids = torch.full((B, L), self.pad_id, dtype=torch.long)
+        mask = torch.zeros((B, L), dtype=torch.long)
+        for b, p in enumerate(prompts):
+            ids[b, L - len(p) :] = torch.tensor(p)
+            mask[b, L - len(p) :] = 1
+        pos = (mask.cumsum(-1) - 1).clamp(min=0)
+        gens = []
+        for s in seeds:
+            g = torch.Generator(device="cpu")
+            g.manual_seed(s if s is not None else 0)
+            gens.append(g)
+        eos = torch.tensor(self.eos_ids, dtype=torch.long)
+        out_tokens: list[list[int]] = [[] for _ in range(B)]
+        finished = [False] * B
+        finish = ["length"] * B
+        cache = DynamicCache()
+        dev = self.device
+        with torch.inference_mode():
+            logits = self.model(
+                input_ids=ids.to(dev), attention_mask=mask.to(dev), position_ids=pos.to(dev), **{self._ckw: cache}, use_cache=True, logits_to_keep=1
+            ).logits[:, -1, :].float().cpu()
+            for step in range(params.max_new_tokens):
+                nxt = self._sample(logits, params, gens)
+                for b in range(B):
+                    if finished[b]:
+                        nxt[b] = self.pad_id
+                        continue
+                    t = int(nxt[b])
+                    if t in self.eos_ids:
+                        finished[b] = True
+                        finish[b] = "stop"
+                    else:
+                        out_tokens[b].append(t)
+                if all(finished) or step == params.max_new_tokens - 1:
+                    break
+                mask = torch.cat([mask, torch.ones((B, 1), dtype=torch.long)], dim=1)
+                pos = pos[:, -1:] + 1
+                logits = self.model(
+                    input_ids=nxt[:, None].to(dev), attention_mask=mask.to(dev), position_ids=pos.to(dev), **{self._ckw: cache}, use_cache=True
+                ).logits[:, -1, :].float().cpu()
+        del eos
+        return [(out_tokens[b], finish[b]) for b in range(B)]
+
+    @staticmethod
+    def _sample(logits, params: SamplingConfig, gens):
+        import torch
+
+        if params.temperature == 0:
+            return logits.argmax(-1)
+        probs = torch.softmax(logits / params.temperature, dim=-1)
+        if params.top_p < 1.0:
+            sp, si = probs.sort(dim=-1, descending=True)
+            keep = sp.cumsum(-1) - sp < params.top_p
+            sp = sp * keep
+            probs = torch.zeros_like(probs).scatter_(-1, si, sp)
+        return torch.stack([torch.multinomial(probs[b], 1, generator=gens[b])[0] for b in range(probs.shape[0])])
+
+    # scoring ----------------------------------------------------------------
+    def candidate_variants(self, candidates: list[str]) -> list[list[list[int]]]:
+        """Token sequences that spell each candidate: as written and with a leading space."""
+        out = []
+        for c in candidates:
+            seqs = []
+            for text in (c, " " + c.lstrip()):
+                t = self.encode(text)
+                if t and t not in seqs:
+                    seqs.append(t)
+            if not seqs:
+                raise BackendError(f"candidate {c!r} encodes to no tokens")
+            out.append(seqs)
+        return out
+
+    def choice_probs(self, prompts: list[ScoringPrompt], candidates: list[str]) -> list[ChoiceResult]:
+        self.stats.score_calls += 1
+        if not prompts:
+            return []
+        variants = self.candidate_variants(candidates)
+        max_extra = max(len(s) for v in variants for s in v) - 1
+        budget = self.max_context - 1 - max_extra
+        encoded = []
+        for p in prompts:
+            ids, trunc = self._fit(self.encode(self.render(p.messages) + p.answer_prefix), budget)
+            encoded.append((ids, trunc))
+        results: list[ChoiceResult] = []
+        bs = self.cfg.score_batch_size
+        with self._lock:
+            for s in range(0, len(encoded), bs):
+                chunk = encoded[s : s + bs]
+                seq_lp = self._score_sequences([c[0] for c in chunk], variants)
+                for (ids, trunc), lps in zip(chunk, seq_lp):
+                    results.append(ChoiceResult(normalise(lps), lps, "logprobs", prompt_tokens=len(ids), truncated=trunc))
+        self.stats.prompts_scored += len(prompts)
+        return results
+
+    def prefix_plan(self, seqs: list[list[int]]) -> tuple[int, list[tuple[int, int, int]]]:
+        """(global prefix length, [(start, end, group prefix length)]) for a batch of token lists."""
+        shortest = min(len(s) for s in seqs)
+        p0 = min(shortest - 1, min(_lcp(seqs[0], s) for s in seqs))
+        groups: list[tuple[int, int, int]] = []
+        i = 0
+        while i < len(seqs):
+            j = i + 1
+            lg = len(seqs[i]) - 1
+            while j < len(seqs):
+                cand = min(lg, _lcp(seqs[i], seqs[j]), len(seqs[j]) - 1)
+                if cand < p0 + MIN_GROUP_GAIN:
+                    break
+                lg = cand
+                j += 1
+            if j == i + 1:
+                lg = p0  # a lone prompt: nothing to share beyond the global prefix
+            groups.append((i, j, max(lg, p0)))
+            i = j
+        return p0, groups
+
+    def _score_sequences(self, seqs: list[list[int]], variants: list[list[list[int]]]) -> list[list[float | None]]:
+        import torch
+        from transformers import DynamicCache
+
+        dev = self.device
+        B = len(seqs)
+        p0, groups = self.prefix_plan(seqs)
+        if p0 == 0:  # nothing shared and nowhere safe to put padding: one prompt at a time
+            out = []
+            for s in seqs:
+                out.extend(self._score_sequences_single(s, variants))
+            return out
+
+        def fwd(ids, mask, pos, cache, keep_all=False):
+            self.stats.tokens_prefilled += int((mask[:, -ids.shape[1] :]).sum())
+            return self.model(
+                input_ids=ids.to(dev),
+                attention_mask=mask.to(dev),
+                position_ids=pos.to(dev),
+                **{self._ckw: cache},
+                use_cache=True,
+                logits_to_keep=ids.shape[1] if keep_all else 1,
+            ).logits
+
+        def middle_batch(parts: list[list[int]]):
+            width = max(1, max(len(p) for p in parts))
+            ids = torch.full((len(parts), width), self.pad_id, dtype=torch.long)
+            m = torch.zeros((len(parts), width), dtype=torch.long)
+            for r, p in enumerate(parts):
+                if p:
+                    ids[r, width - len(p) :] = torch.tensor(p)
+                    m[r, width - len(p) :] = 1
+            return ids, m
+
+        with torch.inference_mode():
+            # level 0: the prefix every prompt shares, once
+            cache = DynamicCache()
+            mask0 = torch.ones((1, p0), dtype=torch.long)
+            fwd(torch.tensor([seqs[0][:p0]]), mask0, torch.arange(p0)[None], cache)
+            # level 1: each group's own shared part, once per group
+            G = len(groups)
+            gparts = [seqs[a][p0:lg] for a, _, lg in groups]
+            _reindex_cache(cache, torch.zeros(G, dtype=torch.long, device=dev))
+            mask = mask0.expand(G, -1)
+            real = torch.full((G, 1), p0, dtype=torch.long)
+            if any(gparts):
+                gids, gm = middle_batch(gparts)
+                gpos = real + (gm.cumsum(-1) - 1).clamp(min=0)
+                mask = torch.cat([mask, gm], dim=1)
+                fwd(gids, mask, gpos, cache)
+                real = real + gm.sum(-1, keepdim=True)
+            # level 2: every prompt's suffix, with the group rows of the cache
+            row_group = torch.tensor([g for g, (a, b, _) in enumerate(groups) for _ in range(a, b)], dtype=torch.long)
+            _reindex_cache(cache, row_group.to(dev))
+            mask = mask[row_group]
+            real = real[row_group]
+            sparts = []
+            for g, (a, b, lg) in enumerate(groups):
+                sparts.extend(seqs[r][lg:] for r in range(a, b))
+            sids, sm = middle_batch(sparts)
+            spos = real + (sm.cumsum(-1) - 1).clamp(min=0)
+            mask = torch.cat([mask, sm], dim=1)
+            last = fwd(sids, mask, spos, cache)[:, -1, :].float()
+            real = real + sm.sum(-1, keepdim=True)
+            first_lp = torch.log_softmax(last, dim=-1).cpu()
+            return self._candidate_logprobs(first_lp, variants, cache, mask, real, B)
+
+    def _candidate_logprobs(self, first_lp, variants, cache, mask, real, B) -> list[list[float | None]]:
+        """Log-prob of each candidate: log-sum-exp over its spellings, minus the mass of longer candidates it prefixes."""
+        import torch
+
+        dev = self.device
+        seq_lp: dict[tuple[int, ...], torch.Tensor] = {}
+        all_seqs = {tuple(s) for v in variants for s in v}
+        for s in all_seqs:
+            seq_lp[s] = first_lp[:, s[0]].clone()
+        multi = sorted({s[:d] for s in all_seqs if len(s) > 1 for d in range(1, len(s))}, key=len)
+        base_len = cache.get_seq_length()
+        for pref in multi:
+            ext = [s for s in all_seqs if len(s) > len(pref) and s[: len(pref)] == pref]
+            ids = torch.tensor([list(pref)] * B, dtype=torch.long)
+            m = torch.cat([mask, torch.ones((B, len(pref)), dtype=torch.long)], dim=1)
+            pos = real + torch.arange(len(pref))[None]
+            with torch.inference_mode():
+                lg = self.model(input_ids=ids.to(dev), attention_mask=m.to(dev), position_ids=pos.to(dev), **{self._ckw: cache}, use_cache=True, logits_to_keep=1).logits
+            _crop_cache(cache, base_len)
+            lp = torch.log_softmax(lg[:, -1, :].float(), dim=-1).cpu()
+            for s in ext:
+                if len(s) == len(pref) + 1:
+                    seq_lp[s] = seq_lp[s] + lp[:, s[len(pref)]]
+        out: list[list[float | None]] = []
+        cand_seqs = [[tuple(s) for s in v] for v in variants]
+        for b in range(B):
+            probs = []
+            for k, seqs in enumerate(cand_seqs):
+                p = sum(math.exp(float(seq_lp[s][b])) for s in seqs)
+                # subtract longer candidates that start with one of this candidate's spellings ("10" after "1")
+                longer = {
+                    t for j, other in enumerate(cand_seqs) if j != k for t in other for s in seqs if len(t) > len(s) and t[: len(s)] == s
+                }
+                p_ex = p - sum(math.exp(float(seq_lp[t][b])) for t in longer)
+                probs.append(max(p_ex, p * 1e-6, 1e-30))
+            out.append([math.log(p) for p in probs])
+        return out
+
+    def _score_sequences_single(self, seq: list[int], variants) -> list[list[float | None]]:
+        import torch
+        from transformers import DynamicCache
+
+        cache = DynamicCache()
+        with torch.inference_mode():
+            lg = self.model(input_ids=torch.tensor([seq], device=self.device), **{self._ckw: cache}, use_cache=True, logits_to_keep=1).logits
+        self.stats.tokens_prefilled += len(seq)
+        first_lp = torch.log_softmax(lg[:, -1, :].float(), dim=-1).cpu()
+        mask = torch.ones((1, len(seq)), dtype=torch.long)
+        return self._candidate_logprobs(first_lp, variants, cache, mask, torch.tensor([[len(seq)]]), 1)
+
+    def close(self) -> None:
+        pass
+
+
+def _crop_cache(cache, length: int) -> None:
+    """Drop cached positions past ``length`` (transformers' own ``crop`` changed meaning across versions)."""
+    for layer in cache.layers:
+        layer.keys = layer.keys[:, :, :length]
+        layer.values = layer.values[:, :, :length]
+
+
+def _reindex_cache(cache, index) -> None:
+    """Select / repeat batch rows of a DynamicCache in place."""
+    for layer in cache.layers:
+        layer.keys = layer.keys.index_select(0, index)
+        layer.values = layer.values.index_select(0, index)
+
+
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")

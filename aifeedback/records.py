@@ -1,0 +1,132 @@
+"""Explicit Arrow schemas for every record the pipeline stores.
+
+Every row carries its provenance (model, backend, seed, config hash, batch key);
+rows that could not be produced become exclusion rows with a reason.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+
+import pyarrow as pa
+
+MESSAGE = pa.struct([("role", pa.string()), ("content", pa.string())])
+MESSAGES = pa.list_(MESSAGE)
+
+PROMPTS = pa.schema(
+    [
+        ("prompt_id", pa.string()),
+        ("messages", MESSAGES),
+        ("source", pa.string()),
+    ]
+)
+
+RESPONSES = pa.schema(
+    [
+        ("response_id", pa.string()),
+        ("prompt_id", pa.string()),
+        ("messages", MESSAGES),
+        ("response", pa.string()),
+        ("sample_index", pa.int32()),
+        ("seed", pa.int64()),
+        ("model", pa.string()),
+        ("backend", pa.string()),
+        ("prompt_tokens", pa.int32()),
+        ("completion_tokens", pa.int32()),
+        ("finish_reason", pa.string()),
+        ("prompt_truncated", pa.bool_()),
+        ("config_hash", pa.string()),
+        ("batch_key", pa.string()),
+    ]
+)
+
+ROUND = pa.struct(
+    [
+        ("round", pa.int32()),
+        ("principle_id", pa.string()),
+        ("critique", pa.string()),
+        ("revision", pa.string()),
+        ("seed", pa.int64()),
+    ]
+)
+
+REVISIONS = pa.schema(
+    [
+        ("revision_id", pa.string()),
+        ("response_id", pa.string()),
+        ("prompt_id", pa.string()),
+        ("messages", MESSAGES),
+        ("initial_response", pa.string()),
+        ("final_revision", pa.string()),
+        ("rounds", pa.list_(ROUND)),
+        ("revised", pa.bool_()),
+        ("degenerate", pa.bool_()),
+        ("degenerate_reason", pa.string()),
+        ("constitution_id", pa.string()),
+        ("constitution_version", pa.string()),
+        ("few_shot", pa.bool_()),
+        ("seed", pa.int64()),
+        ("model", pa.string()),
+        ("backend", pa.string()),
+        ("prompt_truncated", pa.bool_()),
+        ("config_hash", pa.string()),
+        ("batch_key", pa.string()),
+    ]
+)
+
+LABELS = pa.schema(
+    [
+        ("pair_id", pa.string()),
+        ("prompt_id", pa.string()),
+        ("messages", MESSAGES),
+        ("response_a", pa.string()),
+        ("response_b", pa.string()),
+        ("mode", pa.string()),
+        ("p_ab", pa.float64()),  # P(A better) when A was shown first
+        ("p_ba", pa.float64()),  # P(A better) when B was shown first
+        ("p_a", pa.float64()),  # soft label P(A > B), averaged over orders (and principles)
+        ("hard_label", pa.string()),  # "A", "B" or "tie"
+        ("confidence", pa.float64()),
+        ("consistent", pa.bool_()),
+        ("position_preferred", pa.string()),  # "first"/"second" when inconsistent, else null
+        ("orders", pa.list_(pa.string())),
+        ("principle_ids", pa.list_(pa.string())),
+        ("rationale", pa.string()),
+        ("score_a", pa.float64()),
+        ("score_b", pa.float64()),
+        ("prob_source", pa.string()),
+        ("truncated", pa.bool_()),
+        ("raw", pa.string()),
+        ("labeler_model", pa.string()),
+        ("backend", pa.string()),
+        ("template", pa.string()),
+        ("template_version", pa.string()),
+        ("constitution_id", pa.string()),
+        ("constitution_version", pa.string()),
+        ("seed", pa.int64()),
+        ("config_hash", pa.string()),
+        ("batch_key", pa.string()),
+    ]
+)
+
+EXCLUSIONS = pa.schema(
+    [
+        ("item_id", pa.string()),
+        ("stage", pa.string()),
+        ("reason", pa.string()),  # short machine-readable reason
+        ("detail", pa.string()),  # human-readable text, e.g. the backend error after retries
+        ("raw", pa.string()),  # the offending input or model output, kept verbatim
+        ("batch_key", pa.string()),
+    ]
+)
+
+
+def stable_id(*parts: object, n: int = 16) -> str:
+    """Content hash used for prompt, response and pair ids."""
+    blob = json.dumps(parts, sort_keys=True, ensure_ascii=False, default=str)
+    return hashlib.sha256(blob.encode("utf-8", "surrogatepass")).hexdigest()[:n]
+
+
+def exclusion(item_id: str, stage: str, reason: str, detail: str = "", raw: str | None = None, batch_key: str = "") -> dict:
+    return {"item_id": str(item_id), "stage": stage, "reason": reason, "detail": detail, "raw": raw, "batch_key": batch_key}

@@ -1,0 +1,141 @@
+"""The ``aifeedback`` command line (Typer + Rich). Flows are imported lazily so ``--help`` is instant."""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from aifeedback.errors import AIFeedbackError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, help="RLAIF data generation: generate, revise, label both orders, report, export.")
+console = Console()
+
+RunDir = typer.Option("runs/default", "--run-dir", help="Run directory (one per run; stages resume inside it).")
+ConfigPath = typer.Option(None, "--config", "-c", help="YAML config for the stage; flags override it.")
+Sets = typer.Option(None, "--set", help="Override any config key: --set sampling.temperature=0.3 (repeatable).")
+BackendKind = typer.Option(None, "--backend", help="transformers, openai or vllm.")
+Model = typer.Option(None, "--model", help="Model id, local folder or served model name.")
+BaseUrl = typer.Option(None, "--base-url", help="openai backend: endpoint, e.g. http://127.0.0.1:8000/v1.")
+
+
+def _overrides(sets: list[str] | None, **flat) -> dict:
+    from aifeedback.config import _merge, _set_dotted, parse_overrides
+
+    out: dict = {}
+    for dotted, value in flat.items():
+        if value is not None:
+            _set_dotted(out, dotted.replace("__", "."), value)
+    return _merge(out, parse_overrides(sets))
+
+
+def _fail(exc: Exception) -> None:
+    console.print(f"[bold red]error:[/] {exc}")
+    raise typer.Exit(2)
+
+
+def _summary(summary: dict) -> None:
+    table = Table(show_header=False)
+    for k, v in summary.items():
+        table.add_row(str(k), str(v))
+    console.print(table)
+
+
+@app.command()
+def models(convert: bool = typer.Option(True, help="Convert the embedded GGUF now if it is not cached yet (about 40 s once).")) -> None:
+    """Show what each default model resolves to."""
+    from aifeedback.models import describe_defaults
+    from aifeedback.paths import cache_dir
+
+    try:
+        rows = describe_defaults(convert=convert)
+    except AIFeedbackError as exc:
+        _fail(exc)
+    table = Table("role", "model", "resolves to", "status", title=f"cache: {cache_dir()}")
+    for r in rows:
+        table.add_row(r["role"], r["model"], r["path"], r["status"])
+    console.print(table)
+
+
+@app.command()
+def generate(
+    run_dir: str = RunDir,
+    config: Optional[Path] = ConfigPath,
+    input: Optional[str] = typer.Option(None, "--input", "-i", help="Prompt set (datasets folder, Parquet, JSONL, CSV)."),
+    prompt_column: Optional[str] = typer.Option(None, help="Column holding the prompt (text or chat messages)."),
+    n: Optional[int] = typer.Option(None, "--n", help="Responses per prompt."),
+    limit: Optional[int] = typer.Option(None, help="Only the first N prompts."),
+    max_new_tokens: Optional[int] = typer.Option(None, help="Most tokens per response."),
+    seed: Optional[int] = typer.Option(None, help="Base seed."),
+    backend: Optional[str] = BackendKind,
+    model: Optional[str] = Model,
+    base_url: Optional[str] = BaseUrl,
+    max_batches: Optional[int] = typer.Option(None, help="Compute at most this many new batches, then stop (resume later)."),
+    set_: Optional[list[str]] = Sets,
+) -> None:
+    """Generate n responses per prompt into the run store."""
+    ov = _overrides(
+        set_,
+        input=input,
+        prompt_column=prompt_column,
+        limit=limit,
+        sampling__n=n,
+        sampling__max_new_tokens=max_new_tokens,
+        sampling__seed=seed,
+        backend__kind=backend,
+        backend__model=model,
+        backend__base_url=base_url,
+    )
+    try:
+        from flows.generate import generate_flow
+
+        _summary(generate_flow(run_dir=run_dir, config_path=str(config) if config else None, overrides=ov, max_batches=max_batches))
+    except AIFeedbackError as exc:
+        _fail(exc)
+
+
+@app.command("config")
+def show_config(name: str = typer.Argument(..., help="Config class, e.g. GenerateConfig.")) -> None:
+    """Print a stage config's keys, defaults and descriptions."""
+    import aifeedback.config as C
+
+    cls = getattr(C, name, None)
+    if cls is None or not isinstance(cls, type):
+        _fail(ValueError(f"unknown config {name!r}; try GenerateConfig, BackendConfig, SamplingConfig"))
+    console.print_json(json.dumps(cls.model_json_schema()))
+
+
+@app.command()
+def demo(
+    run_dir: str = typer.Option("runs/demo", "--run-dir", help="Where the demo run goes."),
+    prompts: int = typer.Option(6, help="How many prompts from data/prompts."),
+) -> None:
+    """Run the demo pipeline on the embedded default models and print where its outputs are."""
+    try:
+        from flows.demo import demo_flow
+
+        t0 = time.perf_counter()
+        out = demo_flow(run_dir=run_dir, n_prompts=prompts)
+    except AIFeedbackError as exc:
+        _fail(exc)
+    console.print(f"\n[bold green]demo finished in {time.perf_counter() - t0:.0f} s[/]. Outputs:")
+    for k, v in out.items():
+        console.print(f"  {k}: {v}")
+
+
+def main() -> None:  # pragma: no cover
+    try:
+        app()
+    except AIFeedbackError as exc:
+        console.print(f"[bold red]error:[/] {exc}")
+        sys.exit(2)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()
