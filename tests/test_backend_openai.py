@@ -1,0 +1,82 @@
+"""The openai backend against a real llama.cpp server process serving the embedded GGUF."""
+
+import threading
+import time
+
+import pytest
+
+from aifeedback.backends.base import ScoringPrompt
+from aifeedback.backends.openai_compat import OpenAIBackend
+from aifeedback.config import BackendConfig, SamplingConfig
+from aifeedback.errors import BackendError
+
+pytestmark = pytest.mark.slow
+
+
+def _backend(url: str, **kw) -> OpenAIBackend:
+    return OpenAIBackend(BackendConfig(kind="openai", model="smollm2", base_url=url, **kw))
+
+
+def test_generate_against_real_server(llama_server):
+    b = _backend(llama_server.base_url, max_concurrency=2)
+    chats = [[{"role": "user", "content": "Name a yellow fruit."}], [{"role": "user", "content": "What is 3 times 3?"}]]
+    res = b.generate(chats, SamplingConfig(max_new_tokens=16, n=2), seeds=[[1, 2], [3, 4]])
+    assert len(res) == 2
+    for r in res:
+        assert r.error is None, r.error
+        assert len(r.completions) == 2
+        assert all(c.text.strip() and c.completion_tokens > 0 for c in r.completions)
+
+
+def test_choice_probs_against_real_server(llama_server):
+    b = _backend(llama_server.base_url)
+    prompt = ScoringPrompt([{"role": "user", "content": "Which number is larger, 1 or 2? Reply with just the digit."}])
+    (r,) = b.choice_probs([prompt], ["1", "2"])
+    assert r.source == "logprobs", (r.error, r.raw)
+    assert r.probs is not None and abs(sum(r.probs) - 1) < 1e-9
+    assert any(lp is not None for lp in r.logprobs)
+
+
+def test_fallback_to_parsed_verdict_without_logprobs(llama_server):
+    b = _backend(llama_server.base_url, top_logprobs=0)
+    assert not b.capabilities.logprobs
+    prompt = ScoringPrompt([{"role": "user", "content": "Reply with exactly the digit 2 and nothing else."}])
+    (r,) = b.choice_probs([prompt], ["1", "2"])
+    assert r.source in ("parsed", "error")
+    if r.source == "parsed":
+        assert sorted(r.probs) == [0.0, 1.0]
+    else:
+        assert r.raw is not None and r.error
+
+
+def test_server_killed_mid_run_gives_clear_error(tmp_path):
+    from conftest import start_llama_server
+
+    server = start_llama_server(tmp_path)
+    b = _backend(server.base_url, timeout_s=5, max_retries=2, backoff_base_s=0.1, backoff_max_s=0.5, max_concurrency=2)
+    chats = [[{"role": "user", "content": f"Count from 1 to 50, item {i}."}] for i in range(6)]
+    killer = threading.Timer(1.0, server.stop)
+    killer.start()
+    t0 = time.time()
+    try:
+        with pytest.raises(BackendError, match="unreachable|failed after"):
+            for _ in range(5):  # keep it busy until the kill lands
+                res = b.generate(chats, SamplingConfig(max_new_tokens=64))
+                if any(r.error for r in res):
+                    raise BackendError("; ".join(r.error for r in res if r.error))
+    finally:
+        killer.cancel()
+        server.stop()
+    assert time.time() - t0 < 60, "a dead server must not hang the client"
+
+
+def test_hosted_endpoint_without_key_is_a_clear_error(monkeypatch):
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    with pytest.raises(BackendError, match="OPENAI_API_KEY"):
+        _backend("https://api.example.invalid/v1")
+
+
+def test_key_never_in_repr(monkeypatch):
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-test-SECRET-123")
+    b = _backend("https://api.example.invalid/v1")
+    assert "SECRET" not in repr(b) and "SECRET" not in str(vars(b).get("cfg"))
