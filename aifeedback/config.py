@@ -80,6 +80,34 @@ class GenerateConfig(StrictModel):
     sampling: SamplingConfig = Field(default_factory=SamplingConfig)
 
 
+class LabelConfig(StrictModel):
+    input: str | None = Field(None, description="Pairs file (datasets folder, Parquet, JSONL, CSV). Default: pairs built from this run's responses stage.")
+    prompt_column: str = Field("prompt", description="Column with the context: text or chat messages.")
+    response_a_column: str = Field("response_a", description="Column with response A.")
+    response_b_column: str = Field("response_b", description="Column with response B.")
+    id_column: str | None = Field("pair_id", description="Column with a stable pair id; a content hash when absent.")
+    limit: int | None = Field(None, ge=1, description="Use only the first N pairs.")
+    method: Literal["pairwise", "pointwise"] = Field("pairwise", description="pairwise: one prompt shows both responses; pointwise: each response rated 1-10 and the ratings compared.")
+    orders: Literal["both", "single"] = Field("both", description="both: score (A,B) and (B,A) and average; single: one seeded order per pair (a baseline only).")
+    calibrate: bool = Field(False, description="Divide out the option prior measured on content-free samples (contextual calibration).")
+    cot: bool = Field(False, description="Generate a rationale first, then append the ending and score; the rationale is stored.")
+    cot_clamp: tuple[float, float] | None = Field(None, description="Clamp chain-of-thought probabilities to [lo, hi], as in Constitutional AI (e.g. [0.4, 0.6]).")
+    cot_max_new_tokens: int = Field(96, ge=8, description="Longest rationale, in tokens.")
+    few_shot: bool = Field(False, description="Include the template's few-shot exemplars.")
+    template: str | None = Field(None, description="Template id (pairwise, pointwise) or YAML path; default follows method.")
+    constitution: str | None = Field(None, description="Constitution id or YAML path whose choice principles replace the template's question.")
+    principles: Literal["sample", "ensemble"] = Field("sample", description="With a constitution: sample one choice principle per pair, or average over k of them.")
+    k_principles: int = Field(3, ge=1, le=32, description="Principles averaged per pair in ensemble mode.")
+    tie_margin: float = Field(0.05, ge=0, lt=0.5, description="Hard label is a tie when |p(A>B) - 0.5| is below this.")
+    temperature: float = Field(1.0, gt=0, description="Calibration temperature applied to the soft label's log-odds (fit it with `aifeedback agreement`).")
+    max_context_tokens: int = Field(1024, ge=16, description="Longest context shown to the labeler, in tokens.")
+    max_response_tokens: int = Field(512, ge=8, description="Longest response shown to the labeler, in tokens.")
+    overlong: Literal["truncate", "exclude"] = Field("truncate", description="Contexts or responses over those limits: truncate (flagged on the row) or exclude with a reason.")
+    seed: int = Field(0, ge=0, description="Seeds single-order choice, principle sampling and rationales.")
+    batch_size: int = Field(64, ge=1, description="Pairs per stored batch (one Prefect task and one Parquet shard).")
+    backend: BackendConfig = Field(default_factory=BackendConfig)
+
+
 C = TypeVar("C", bound=BaseModel)
 
 
@@ -165,6 +193,7 @@ __all__ = [
     "BackendConfig",
     "SamplingConfig",
     "GenerateConfig",
+    "LabelConfig",
     "build_config",
     "parse_overrides",
     "config_hash",

@@ -100,6 +100,49 @@ def generate(
         _fail(exc)
 
 
+@app.command()
+def label(
+    run_dir: str = RunDir,
+    config: Optional[Path] = ConfigPath,
+    input: Optional[str] = typer.Option(None, "--input", "-i", help="Pairs file; default: pairs from this run's responses."),
+    method: Optional[str] = typer.Option(None, help="pairwise or pointwise."),
+    orders: Optional[str] = typer.Option(None, help="both (default) or single (baseline)."),
+    calibrate: Optional[bool] = typer.Option(None, "--calibrate/--no-calibrate", help="Contextual calibration of the option prior."),
+    cot: Optional[bool] = typer.Option(None, "--cot/--no-cot", help="Chain-of-thought rationale before scoring."),
+    few_shot: Optional[bool] = typer.Option(None, "--few-shot/--no-few-shot", help="Include the template's exemplars."),
+    constitution: Optional[str] = typer.Option(None, help="Constitution id or path for choice principles."),
+    principles: Optional[str] = typer.Option(None, help="sample or ensemble."),
+    limit: Optional[int] = typer.Option(None, help="Only the first N pairs."),
+    backend: Optional[str] = BackendKind,
+    model: Optional[str] = Model,
+    base_url: Optional[str] = BaseUrl,
+    max_batches: Optional[int] = typer.Option(None, help="Compute at most this many new batches, then stop."),
+    set_: Optional[list[str]] = Sets,
+) -> None:
+    """Label preference pairs with the AI labeler, both orders by default."""
+    ov = _overrides(
+        set_,
+        input=input,
+        method=method,
+        orders=orders,
+        calibrate=calibrate,
+        cot=cot,
+        few_shot=few_shot,
+        constitution=constitution,
+        principles=principles,
+        limit=limit,
+        backend__kind=backend,
+        backend__model=model,
+        backend__base_url=base_url,
+    )
+    try:
+        from flows.label import label_flow
+
+        _summary(label_flow(run_dir=run_dir, config_path=str(config) if config else None, overrides=ov, max_batches=max_batches))
+    except AIFeedbackError as exc:
+        _fail(exc)
+
+
 @app.command("config")
 def show_config(name: str = typer.Argument(..., help="Config class, e.g. GenerateConfig.")) -> None:
     """Print a stage config's keys, defaults and descriptions."""

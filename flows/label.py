@@ -1,0 +1,37 @@
+"""Label flow: position-debiased AI preference labels for pairs, in the run store."""
+
+from __future__ import annotations
+
+from prefect import flow
+
+from aifeedback.config import LabelConfig, build_config
+from aifeedback.store import RunStore
+from labelers.job import LabelJob, load_pairs, pairs_from_responses
+
+from .common import execute_stage
+
+
+@flow(name="label", log_prints=True)
+def label_flow(run_dir: str = "runs/default", config_path: str | None = None, overrides: dict | None = None, max_batches: int | None = None, parallel: bool = False) -> dict:
+    """Label every pair (both orders by default); re-runs compute only missing batches."""
+    cfg = build_config(LabelConfig, config_path, overrides)
+    store = RunStore(run_dir)
+    job = LabelJob(cfg)
+    if cfg.input:
+        pairs, excluded = load_pairs(cfg)
+    else:
+        pairs, excluded = pairs_from_responses(store, cfg.limit), []
+    store.write_json("configs/label.json", cfg.model_dump(mode="json"))
+    summary = execute_stage(
+        store,
+        job,
+        pairs,
+        cfg.batch_size,
+        excluded,
+        max_batches=max_batches,
+        parallel=parallel,
+        extra_manifest={"template": job.template.model_dump(), "constitution_id": job.constitution.id if job.constitution else None, "constitution_version": job.constitution_version},
+    )
+    if summary["complete"]:
+        print(f"labels: {summary['n_in']} pairs in = {summary['n_out']} labelled + {summary['n_excluded']} excluded")
+    return summary

@@ -1,0 +1,94 @@
+"""Readers for human preference data: hh-rlhf transcripts, PandaLM annotators, LLMBar, generic columns.
+
+Each returns pairs in the labeler's shape plus a human label per pair ("A", "B"
+or "tie"), with rows that cannot be used reported, not dropped.
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+import random
+import re
+from pathlib import Path
+
+from aifeedback.errors import InputError
+from aifeedback.records import stable_id
+
+_TURN = re.compile(r"\n\n(Human|Assistant): ")
+
+
+def parse_transcript(text: str) -> list[dict]:
+    """'\\n\\nHuman: ...\\n\\nAssistant: ...' -> chat messages."""
+    parts = _TURN.split("\n\n" + text.lstrip("\n") if not text.startswith("\n\n") else text)
+    msgs = []
+    for i in range(1, len(parts) - 1, 2):
+        role = "user" if parts[i] == "Human" else "assistant"
+        msgs.append({"role": role, "content": parts[i + 1].strip()})
+    return msgs
+
+
+def split_hh(chosen: str, rejected: str) -> tuple[list[dict], str, str] | None:
+    """Split an hh-rlhf pair into (context messages, chosen reply, rejected reply)."""
+    c, r = parse_transcript(chosen), parse_transcript(rejected)
+    if not c or not r or c[-1]["role"] != "assistant" or r[-1]["role"] != "assistant" or c[:-1] != r[:-1] or not c[:-1]:
+        return None
+    return c[:-1], c[-1]["content"], r[-1]["content"]
+
+
+def hh_pairs(path: str | Path, n: int | None = None, seed: int = 0) -> tuple[list[dict], list[str]]:
+    """First n hh-rlhf pairs with A/B randomised by a seeded coin. Returns (pairs with 'human' label, problems)."""
+    rng = random.Random(seed)
+    pairs, problems = [], []
+    opener = gzip.open if str(path).endswith(".gz") else open
+    with opener(path, "rt", encoding="utf-8") as fh:
+        for i, line in enumerate(fh):
+            if n is not None and len(pairs) + len(problems) >= n:
+                break
+            row = json.loads(line)
+            split = split_hh(row["chosen"], row["rejected"])
+            if split is None:
+                problems.append(f"line {i + 1}: chosen and rejected do not share a context")
+                continue
+            ctx, ch, rj = split
+            a_is_chosen = rng.random() < 0.5
+            pairs.append(
+                {
+                    "pair_id": f"hh-{i}",
+                    "prompt_id": stable_id(ctx),
+                    "messages": ctx,
+                    "response_a": ch if a_is_chosen else rj,
+                    "response_b": rj if a_is_chosen else ch,
+                    "human": "A" if a_is_chosen else "B",
+                    "source": "hh-rlhf/harmless-base",
+                }
+            )
+    return pairs, problems
+
+
+def pandalm_items(path: str | Path) -> list[dict]:
+    """PandaLM test set: annotator1..3 in {0 tie, 1, 2}; the human label is the majority (ties when no majority)."""
+    data = json.loads(Path(path).read_text(encoding="utf-8"))
+    out = []
+    for i, row in enumerate(data):
+        for k in ("instruction", "response1", "response2", "annotator1", "annotator2", "annotator3"):
+            if k not in row:
+                raise InputError(f"{path} item {i} has no {k!r}; is this the PandaLM testset-v1.json file?")
+        votes = [int(row[f"annotator{j}"]) for j in (1, 2, 3)]
+        counts = {v: votes.count(v) for v in set(votes)}
+        top, c = max(counts.items(), key=lambda kv: kv[1])
+        majority = {1: "A", 2: "B", 0: "tie"}[top] if c >= 2 else "tie"
+        prompt = row["instruction"] + (("\n\n" + row["input"]) if row.get("input") else "")
+        out.append(
+            {
+                "pair_id": f"pandalm-{row.get('idx', i)}",
+                "prompt_id": stable_id(prompt),
+                "messages": [{"role": "user", "content": prompt}],
+                "response_a": row["response1"],
+                "response_b": row["response2"],
+                "human": majority,
+                "annotators": ["tie" if v == 0 else ("A" if v == 1 else "B") for v in votes],
+                "source": "pandalm",
+            }
+        )
+    return out

@@ -1,0 +1,128 @@
+"""The label stage's batch job and its inputs (pairs files, or pairs built from a run's responses)."""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass, field
+
+from aifeedback.config import LabelConfig
+from aifeedback.constitution import Constitution, load_constitution
+from aifeedback.errors import InputError
+from aifeedback.io import iter_rows, to_messages
+from aifeedback.records import LABELS, exclusion, stable_id
+from aifeedback.stage import cached_backend
+from aifeedback.store import RunStore
+
+from .labeler import Labeler
+from .templates import Template, load_template
+
+
+def load_pairs(cfg: LabelConfig) -> tuple[list[dict], list[dict]]:
+    """Read a pairs file -> (pairs, exclusions). Pairs: {pair_id, prompt_id, messages, response_a, response_b}."""
+    pairs, excluded, seen = [], [], set()
+    cols = (cfg.prompt_column, cfg.response_a_column, cfg.response_b_column)
+    n = 0
+    for row in iter_rows(cfg.input):
+        if cfg.limit is not None and n >= cfg.limit:
+            break
+        n += 1
+        if isinstance(row, tuple):
+            excluded.append(exclusion(f"row-{n}", "labels", "invalid_row", row[1]))
+            continue
+        if n == 1:
+            missing = [c for c in cols if c not in row]
+            if missing:
+                raise InputError(
+                    f"no column(s) {missing} in {cfg.input}. Available columns: {sorted(row)}. "
+                    "Pass --prompt-column / --response-a-column / --response-b-column."
+                )
+        rid = row.get(cfg.id_column) if cfg.id_column else None
+        messages, reason = to_messages(row.get(cfg.prompt_column))
+        pid = str(rid) if rid is not None else stable_id(row.get(cfg.prompt_column), row.get(cfg.response_a_column), row.get(cfg.response_b_column))
+        if messages is None:
+            excluded.append(exclusion(pid, "labels", reason.split(":")[0], reason, str(row.get(cfg.prompt_column))[:2000]))
+            continue
+        if pid in seen:
+            excluded.append(exclusion(pid, "labels", "duplicate_id", f"pair id {pid} appears more than once; the first is kept"))
+            continue
+        seen.add(pid)
+        pairs.append(
+            {
+                "pair_id": pid,
+                "prompt_id": stable_id(messages),
+                "messages": messages,
+                "response_a": row.get(cfg.response_a_column),
+                "response_b": row.get(cfg.response_b_column),
+            }
+        )
+    return pairs, excluded
+
+
+def pairs_from_responses(store: RunStore, limit: int | None = None) -> list[dict]:
+    """Every pair of responses to the same prompt (all pairs when there are more than two: listwise)."""
+    table = store.read_table("responses")
+    by_prompt: dict[str, list[dict]] = {}
+    for r in table.to_pylist():
+        by_prompt.setdefault(r["prompt_id"], []).append(r)
+    pairs = []
+    for pid, rs in by_prompt.items():
+        rs.sort(key=lambda r: r["sample_index"])
+        for x, y in itertools.combinations(rs, 2):
+            pairs.append(
+                {
+                    "pair_id": stable_id(x["response_id"], y["response_id"]),
+                    "prompt_id": pid,
+                    "messages": [m for m in x["messages"] if m["role"] != "system"],
+                    "response_a": x["response"],
+                    "response_b": y["response"],
+                }
+            )
+    return pairs[:limit] if limit else pairs
+
+
+@dataclass
+class LabelJob:
+    cfg: LabelConfig
+    stage: str = "labels"
+    schema = LABELS
+    template: Template = field(init=False)
+    constitution: Constitution | None = field(init=False, default=None)
+    constitution_version: str | None = field(init=False, default=None)
+
+    def __post_init__(self):
+        cfg = self.cfg
+        self.template = load_template(cfg.template or cfg.method)
+        if cfg.constitution:
+            self.constitution, _ = load_constitution(cfg.constitution)
+            self.constitution_version = f"{self.constitution.version}+{self.constitution.sha256[:12]}"
+
+    def item_id(self, item: dict) -> str:
+        return item["pair_id"]
+
+    def key_config(self) -> dict:
+        ignore = {"input", "limit", "batch_size", "backend", "prompt_column", "response_a_column", "response_b_column", "id_column"}
+        return {
+            **self.cfg.model_dump(mode="json", exclude=ignore),
+            "backend": self.cfg.backend.identity(),
+            "constitution_version": self.constitution_version,
+        }
+
+    def model_id(self) -> str:
+        return self.cfg.backend.model
+
+    def template_version(self) -> str:
+        return self.template.full_version
+
+    def compute(self, items: list[dict], key: str) -> tuple[list[dict], list[dict], dict]:
+        from aifeedback.config import config_hash
+
+        backend = cached_backend(self.cfg.backend)
+        c0, s0 = backend.stats.score_calls + backend.stats.generate_calls, backend.stats.retries
+        labeler = Labeler(backend, self.cfg, self.template, self.constitution)
+        rows, excluded = labeler.label(items, key, self.cfg.backend.model, self.constitution_version)
+        chash = config_hash(self.key_config())
+        for r in rows:
+            r["__item__"] = r["pair_id"]
+            r["config_hash"] = chash
+            r["batch_key"] = key
+        return rows, excluded, {"model_calls": backend.stats.score_calls + backend.stats.generate_calls - c0, "retries": backend.stats.retries - s0}

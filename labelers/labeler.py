@@ -1,0 +1,255 @@
+"""The AI preference labeler: position-debiased pairwise labels, pointwise ratings, calibration, CoT, principles.
+
+A batch of pairs becomes one list of scoring prompts, ordered so that prompts
+sharing text sit together: for each pair, for each principle, both orders. The
+backend then computes the preamble once per batch and each pair's context once
+(transformers: KV reuse; vllm/openai: the server's prefix cache).
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+
+from aifeedback.backends import Backend
+from aifeedback.backends.base import ScoringPrompt, derive_seed
+from aifeedback.config import LabelConfig, SamplingConfig
+from aifeedback.constitution import Constitution
+from aifeedback.records import exclusion
+
+from .scores import apply_temperature, calibrate, expected_score, hard_label, normalised_reward, p_greater, position_preferred
+from .templates import Template
+
+CONTENT_FREE = ("N/A", "", "[MASK]")  # Zhao et al. 2021, "Calibrate before use"
+
+
+def format_context(messages: list[dict]) -> str:
+    return "\n\n".join(f"{m['role'].capitalize()}: {m['content']}" for m in messages if m["role"] != "system")
+
+
+@dataclass
+class Prepared:
+    pair: dict
+    fields: dict  # context, a, b after truncation
+    truncated: bool
+    principles: list[tuple[str | None, str | None]]  # (principle id, question)
+    orders: list[str]  # "AB" (A shown first) and/or "BA"
+
+
+class Labeler:
+    def __init__(self, backend: Backend, cfg: LabelConfig, template: Template, constitution: Constitution | None = None):
+        self.backend, self.cfg, self.template, self.constitution = backend, cfg, template, constitution
+        if cfg.method == "pairwise" and template.kind != "pairwise":
+            raise ValueError(f"method pairwise needs a pairwise template, got {template.id} ({template.kind})")
+        if cfg.method == "pointwise" and template.kind != "pointwise":
+            raise ValueError(f"method pointwise needs a pointwise template, got {template.id} ({template.kind})")
+        self._encode = getattr(backend, "encode", None)
+        self._decode = getattr(getattr(backend, "tok", None), "decode", None)
+
+    # input ----------------------------------------------------------------------
+    def _truncate(self, text: str, limit: int, keep: str) -> tuple[str, bool]:
+        if self._encode is not None and self._decode is not None:
+            ids = self._encode(text)
+            if len(ids) <= limit:
+                return text, False
+            kept = ids[:limit] if keep == "head" else ids[-limit:]
+            body = self._decode(kept)
+            return (body + " [...]") if keep == "head" else ("[...] " + body), True
+        chars = limit * 4  # no tokenizer (remote endpoint): about 4 characters a token
+        if len(text) <= chars:
+            return text, False
+        return (text[:chars] + " [...]") if keep == "head" else ("[...] " + text[-chars:]), True
+
+    def prepare(self, pair: dict) -> tuple[Prepared | None, dict | None]:
+        cfg, pid = self.cfg, pair["pair_id"]
+        a, b = pair.get("response_a"), pair.get("response_b")
+        for name, v in (("response_a", a), ("response_b", b)):
+            if not isinstance(v, str):
+                return None, exclusion(pid, "labels", "wrong_type", f"{name} must be text, got {type(v).__name__}", str(v)[:500])
+            if not v.strip():
+                return None, exclusion(pid, "labels", "empty_response", f"{name} is empty; there is nothing to compare")
+        if a.strip() == b.strip():
+            return None, exclusion(pid, "labels", "identical_responses", "response_a and response_b are identical; a preference between them is meaningless", a[:500])
+        context, t0 = self._truncate(format_context(pair["messages"]), cfg.max_context_tokens, "tail")
+        a2, t1 = self._truncate(a, cfg.max_response_tokens, "head")
+        b2, t2 = self._truncate(b, cfg.max_response_tokens, "head")
+        truncated = t0 or t1 or t2
+        if truncated and cfg.overlong == "exclude":
+            return None, exclusion(pid, "labels", "too_long", f"context over {cfg.max_context_tokens} or a response over {cfg.max_response_tokens} tokens; set overlong: truncate to keep it")
+        rng = random.Random(derive_seed(cfg.seed, pid))
+        if self.constitution is not None and cfg.method == "pairwise":
+            k = 1 if cfg.principles == "sample" else cfg.k_principles
+            principles = [(p.id, p.question) for p in self.constitution.sample_choices(rng, k)]
+        else:
+            principles = [(None, None)]
+        if cfg.method == "pointwise":
+            orders = ["A", "B"]
+        elif cfg.orders == "both":
+            orders = ["AB", "BA"]
+        else:
+            orders = [rng.choice(["AB", "BA"])]
+        return Prepared(pair, {"context": context, "a": a2, "b": b2}, truncated, principles, orders), None
+
+    # prompts --------------------------------------------------------------------
+    def _sample_fields(self, f: dict, order: str) -> dict:
+        if order == "AB":
+            return {"context": f["context"], "response_1": f["a"], "response_2": f["b"]}
+        if order == "BA":
+            return {"context": f["context"], "response_1": f["b"], "response_2": f["a"]}
+        return {"context": f["context"], "response": f["a"] if order == "A" else f["b"]}
+
+    def _content_free_prior(self, question: str | None, order: str) -> list[float] | None:
+        cands = self.template.candidates
+        fields = [
+            {"context": cf, "response_1": cf, "response_2": cf} if self.template.kind == "pairwise" else {"context": cf, "response": cf}
+            for cf in CONTENT_FREE
+        ]
+        prompts = [self.template.prompt(f, question, self.cfg.few_shot) for f in fields]
+        res = [r.probs for r in self.backend.choice_probs(prompts, cands) if r.probs is not None]
+        if not res:
+            return None
+        return [sum(r[k] for r in res) / len(res) for k in range(len(cands))]
+
+    # labelling ------------------------------------------------------------------
+    def label(self, pairs: list[dict], key: str, labeler_id: str, constitution_version: str | None) -> tuple[list[dict], list[dict]]:
+        cfg, tpl = self.cfg, self.template
+        prepared, excluded = [], []
+        for pair in pairs:
+            p, ex = self.prepare(pair)
+            if ex is not None:
+                excluded.append(ex)
+            else:
+                prepared.append(p)
+        slots = [(i, pi, order) for i, p in enumerate(prepared) for pi in range(len(p.principles)) for order in p.orders]
+        rationales: dict[tuple, str] = {}
+        if cfg.cot and slots:
+            chats = [tpl.cot_chat(self._sample_fields(prepared[i].fields, o), prepared[i].principles[pi][1], cfg.few_shot) for i, pi, o in slots]
+            gen = self.backend.generate(chats, SamplingConfig(temperature=0.0, max_new_tokens=cfg.cot_max_new_tokens), seeds=[[0]] * len(chats))
+            for slot, g in zip(slots, gen):
+                rationales[slot] = g.completions[0].text if g.error is None else None
+        prompts: list[ScoringPrompt] = []
+        for slot in slots:
+            i, pi, o = slot
+            prompts.append(tpl.prompt(self._sample_fields(prepared[i].fields, o), prepared[i].principles[pi][1], cfg.few_shot, rationales.get(slot) if cfg.cot else None))
+        results = self.backend.choice_probs(prompts, tpl.candidates) if prompts else []
+        priors: dict[tuple, list[float] | None] = {}
+        if cfg.calibrate:
+            for i, pi, o in slots:
+                q = prepared[i].principles[pi][1]
+                if (q, o if tpl.kind == "pairwise" else "-") not in priors:
+                    priors[(q, o if tpl.kind == "pairwise" else "-")] = self._content_free_prior(q, o)
+        by_pair: dict[int, list] = {}
+        for slot, res in zip(slots, results):
+            by_pair.setdefault(slot[0], []).append((slot, res))
+        rows = []
+        for i, p in enumerate(prepared):
+            entries = by_pair.get(i, [])
+            bad = [r for _, r in entries if r.probs is None]
+            if bad or (cfg.cot and any(rationales.get(s) is None for s, _ in entries)):
+                err = bad[0] if bad else None
+                detail = (err.error if err else "rationale generation failed") or "no probabilities"
+                excluded.append(exclusion(p.pair["pair_id"], "labels", "backend_error" if err is None or err.source == "error" else "unparseable", f"{detail} (retries: {sum(r.retries for _, r in entries)})", err.raw if err else None))
+                continue
+            rows.append(self._row(p, entries, priors, rationales, key, labeler_id, constitution_version))
+        return rows, excluded
+
+    def _row(self, p: Prepared, entries, priors, rationales, key: str, labeler_id: str, constitution_version: str | None) -> dict:
+        cfg, tpl = self.cfg, self.template
+        cands = tpl.candidates
+        raw_texts = []
+        sources = {r.source for _, r in entries}
+        if cfg.method == "pointwise":
+            dist = {}
+            for (i, pi, o), r in entries:
+                probs = r.probs
+                if cfg.calibrate and priors.get((None, "-")):
+                    probs = calibrate(probs, priors[(None, "-")])
+                dist[o] = probs
+            sa, sb = expected_score(dist["A"], cands), expected_score(dist["B"], cands)
+            p_a = p_greater(dist["A"], dist["B"])
+            p_ab = p_ba = None
+            consistent, pos = None, None
+            extra = {"score_a": sa, "score_b": sb}
+        else:
+            per_principle: dict[int, dict[str, float]] = {}
+            for (i, pi, o), r in entries:
+                probs = r.probs
+                if cfg.calibrate and priors.get((p.principles[pi][1], o)):
+                    probs = calibrate(probs, priors[(p.principles[pi][1], o)])
+                pa = probs[0] if o == "AB" else probs[1]  # P(A better) in this order
+                if cfg.cot and cfg.cot_clamp:
+                    pa = min(max(pa, cfg.cot_clamp[0]), cfg.cot_clamp[1])
+                per_principle.setdefault(pi, {})[o] = pa
+                if r.raw:
+                    raw_texts.append(f"{o}:{r.raw}")
+            ab = [d["AB"] for d in per_principle.values() if "AB" in d]
+            ba = [d["BA"] for d in per_principle.values() if "BA" in d]
+            p_ab = sum(ab) / len(ab) if ab else None
+            p_ba = sum(ba) / len(ba) if ba else None
+            present = [v for v in (p_ab, p_ba) if v is not None]
+            p_a = sum(present) / len(present)
+            if p_ab is not None and p_ba is not None:
+                pos = position_preferred(p_ab, p_ba)
+                consistent = pos is None
+            else:
+                consistent, pos = None, None
+            extra = {"score_a": None, "score_b": None}
+        p_a = apply_temperature(p_a, cfg.temperature)
+        rationale = None
+        if cfg.cot:
+            rationale = "\n---\n".join(f"[{o}{'' if p.principles[pi][0] is None else ' ' + p.principles[pi][0]}] {rationales[(i, pi, o)]}" for (i, pi, o), _ in entries)
+        return {
+            "pair_id": p.pair["pair_id"],
+            "prompt_id": p.pair.get("prompt_id"),
+            "messages": p.pair["messages"],
+            "response_a": p.pair["response_a"],
+            "response_b": p.pair["response_b"],
+            "mode": self.mode_name(),
+            "p_ab": p_ab,
+            "p_ba": p_ba,
+            "p_a": p_a,
+            "hard_label": hard_label(p_a, cfg.tie_margin),
+            "confidence": abs(p_a - 0.5) * 2,
+            "consistent": consistent,
+            "position_preferred": pos,
+            "orders": p.orders,
+            "principle_ids": [pid for pid, _ in p.principles if pid is not None],
+            "rationale": rationale,
+            **extra,
+            "prob_source": "parsed" if "parsed" in sources else "logprobs",
+            "truncated": p.truncated,
+            "raw": "; ".join(raw_texts)[:2000] if raw_texts else None,
+            "labeler_model": labeler_id,
+            "backend": self.cfg.backend.kind,
+            "template": tpl.id,
+            "template_version": tpl.full_version,
+            "constitution_id": self.constitution.id if self.constitution else None,
+            "constitution_version": constitution_version,
+            "seed": cfg.seed,
+        }
+
+    def mode_name(self) -> str:
+        c = self.cfg
+        parts = [c.method]
+        if c.method == "pairwise":
+            parts.append("both" if c.orders == "both" else "single")
+        if c.calibrate:
+            parts.append("calibrated")
+        if c.cot:
+            parts.append("cot")
+        if c.few_shot:
+            parts.append("fewshot")
+        if self.constitution is not None and c.method == "pairwise":
+            parts.append(f"{c.principles}{c.k_principles if c.principles == 'ensemble' else ''}")
+        return "-".join(parts)
+
+
+def pointwise_rewards(backend: Backend, template: Template, items: list[tuple[list[dict], str]], few_shot: bool = False) -> list[float | None]:
+    """d-RLAIF rewards in [-1, 1] for (context messages, response) items: sum_i i*P(i), normalised."""
+    prompts = [template.prompt({"context": format_context(m), "response": r}, None, few_shot) for m, r in items]
+    cands = template.candidates
+    lo, hi = float(cands[0]), float(cands[-1])
+    out = []
+    for res in backend.choice_probs(prompts, cands):
+        out.append(None if res.probs is None else normalised_reward(expected_score(res.probs, cands), lo, hi))
+    return out
