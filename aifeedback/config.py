@@ -33,6 +33,8 @@ class BackendConfig(StrictModel):
     num_threads: int | None = Field(None, ge=1, description="transformers: torch intra-op threads; default is the number of cores.")
     gen_batch_size: int = Field(16, ge=1, le=1024, description="Chats decoded together in one batch.")
     score_batch_size: int = Field(32, ge=1, le=4096, description="Scoring prompts evaluated together (transformers, vllm).")
+    score_strategy: Literal["auto", "grouped", "batched"] = Field("auto", description="transformers: grouped scores each pair's orders together after a shared prefix (no cross-pair padding; best on CPU); batched pads many prompts into one pass (best on GPU); auto picks by device.")
+    score_batch_tokens: int = Field(12288, ge=256, description="transformers: most padded prompt tokens in one scoring forward pass.")
     max_context: int | None = Field(None, ge=16, description="Context length in tokens; default is the model's.")
     # openai
     base_url: str | None = Field(None, description="openai: endpoint base URL, e.g. http://127.0.0.1:8000/v1.")
@@ -78,6 +80,19 @@ class GenerateConfig(StrictModel):
     overlong: Literal["truncate", "exclude"] = Field("truncate", description="Prompts longer than the context: truncate them (flagged on the row) or exclude them with a reason.")
     backend: BackendConfig = Field(default_factory=BackendConfig)
     sampling: SamplingConfig = Field(default_factory=SamplingConfig)
+
+
+class ReviseConfig(StrictModel):
+    constitution: str = Field("harmless", description="Constitution id or YAML path with critique/revision pairs.")
+    rounds: int = Field(4, ge=1, le=16, description="Critique -> revise rounds per response (4 in the CAI paper).")
+    few_shot: bool = Field(True, description="Prepend the constitution's critique/revision exemplars to each chat.")
+    filter_regex: str | None = Field(None, description="Revise only responses whose prompt or response matches this regex (case-insensitive); others pass through unrevised.")
+    batch_size: int = Field(16, ge=1, description="Responses per stored batch (one Prefect task and one Parquet shard).")
+    overlong: Literal["truncate", "exclude"] = Field("truncate", description="Chats longer than the context: truncate them (flagged) or exclude them with a reason.")
+    seed: int = Field(0, ge=0, description="Seeds principle sampling and generation.")
+    limit: int | None = Field(None, ge=1, description="Revise only the first N responses.")
+    sampling: SamplingConfig = Field(default_factory=lambda: SamplingConfig(temperature=0.7, max_new_tokens=96))
+    backend: BackendConfig = Field(default_factory=BackendConfig)
 
 
 class LabelConfig(StrictModel):
@@ -194,6 +209,7 @@ __all__ = [
     "SamplingConfig",
     "GenerateConfig",
     "LabelConfig",
+    "ReviseConfig",
     "build_config",
     "parse_overrides",
     "config_hash",

@@ -227,16 +227,89 @@ class TransformersBackend:
         for p in prompts:
             ids, trunc = self._fit(self.encode(self.render(p.messages) + p.answer_prefix), budget)
             encoded.append((ids, trunc))
-        results: list[ChoiceResult] = []
-        bs = self.cfg.score_batch_size
+        results: list[ChoiceResult | None] = [None] * len(encoded)
+        seqs = [e[0] for e in encoded]
+        strategy = self.cfg.score_strategy
+        if strategy == "auto":
+            strategy = "batched" if self.device.type == "cuda" else "grouped"
         with self._lock:
-            for s in range(0, len(encoded), bs):
-                chunk = encoded[s : s + bs]
-                seq_lp = self._score_sequences([c[0] for c in chunk], variants)
-                for (ids, trunc), lps in zip(chunk, seq_lp):
-                    results.append(ChoiceResult(normalise(lps), lps, "logprobs", prompt_tokens=len(ids), truncated=trunc))
+            if strategy == "grouped":
+                plan = [(list(range(len(seqs))), self._score_grouped(seqs, variants))]
+            else:
+                plan = [(chunk, self._score_sequences([seqs[i] for i in chunk], variants)) for chunk in self._score_chunks(seqs)]
+            for chunk, seq_lp in plan:
+                for i, lps in zip(chunk, seq_lp):
+                    ids, trunc = encoded[i]
+                    results[i] = ChoiceResult(normalise(lps), lps, "logprobs", prompt_tokens=len(ids), truncated=trunc)
         self.stats.prompts_scored += len(prompts)
         return results
+
+    def _score_grouped(self, seqs: list[list[int]], variants) -> list[list[float | None]]:
+        """CPU strategy: the call's shared prefix once; then each group (a pair's orders) on its own,
+        its shared part at batch 1 and its suffixes together. No padding across pairs, so no wasted FLOPs."""
+        import torch
+        from transformers import DynamicCache
+
+        dev = self.device
+        p0, groups = self.prefix_plan(seqs)
+        if p0 == 0:
+            return [self._score_sequences_single(s, variants)[0] for s in seqs]
+
+        def fwd(ids, mask, pos, cache):
+            self.stats.tokens_prefilled += int(mask[:, -ids.shape[1] :].sum())
+            return self.model(input_ids=ids.to(dev), attention_mask=mask.to(dev), position_ids=pos.to(dev), **{self._ckw: cache}, use_cache=True, logits_to_keep=1).logits
+
+        out: list[list[float | None]] = []
+        with torch.inference_mode():
+            cache = DynamicCache()
+            fwd(torch.tensor([seqs[0][:p0]]), torch.ones((1, p0), dtype=torch.long), torch.arange(p0)[None], cache)
+            base = [(layer.keys, layer.values) for layer in cache.layers]
+            for a, b, lg in groups:
+                for layer, (k, v) in zip(cache.layers, base):  # back to the shared prefix (update() never writes in place)
+                    layer.keys, layer.values = k, v
+                if lg > p0:
+                    part = seqs[a][p0:lg]
+                    fwd(torch.tensor([part]), torch.ones((1, lg), dtype=torch.long), torch.arange(p0, lg)[None], cache)
+                rows = b - a
+                _reindex_cache(cache, torch.zeros(rows, dtype=torch.long, device=dev))
+                sufs = [seqs[r][lg:] for r in range(a, b)]
+                width = max(len(x) for x in sufs)
+                ids = torch.full((rows, width), self.pad_id, dtype=torch.long)
+                sm = torch.zeros((rows, width), dtype=torch.long)
+                for r, x in enumerate(sufs):
+                    ids[r, width - len(x) :] = torch.tensor(x)
+                    sm[r, width - len(x) :] = 1
+                mask = torch.cat([torch.ones((rows, lg), dtype=torch.long), sm], dim=1)
+                pos = lg + (sm.cumsum(-1) - 1).clamp(min=0)
+                last = fwd(ids, mask, pos, cache)[:, -1, :].float()
+                first_lp = torch.log_softmax(last, dim=-1).cpu()
+                real = lg + sm.sum(-1, keepdim=True)
+                out.extend(self._candidate_logprobs(first_lp, variants, cache, mask, real, rows))
+        return out
+
+    def _score_chunks(self, seqs: list[list[int]]) -> list[list[int]]:
+        """Cut prompts into forward batches: keep runs that share a prefix together, sort runs by length
+        (little padding), and cap both rows and padded tokens per batch."""
+        n = len(seqs)
+        glob = min(_lcp(seqs[0], s) for s in seqs)
+        units, start = [], 0
+        for i in range(1, n + 1):
+            if i == n or _lcp(seqs[start], seqs[i]) < glob + MIN_GROUP_GAIN:
+                units.append(list(range(start, i)))
+                start = i
+        units.sort(key=lambda u: max(len(seqs[i]) for i in u))
+        chunks, cur, width = [], [], 0
+        max_rows, max_tokens = self.cfg.score_batch_size, self.cfg.score_batch_tokens
+        for u in units:
+            w = max(width, max(len(seqs[i]) for i in u))
+            if cur and (len(cur) + len(u) > max_rows or (len(cur) + len(u)) * w > max_tokens):
+                chunks.append(cur)
+                cur, w = [], max(len(seqs[i]) for i in u)
+            cur.extend(u)
+            width = w
+        if cur:
+            chunks.append(cur)
+        return chunks
 
     def prefix_plan(self, seqs: list[list[int]]) -> tuple[int, list[tuple[int, int, int]]]:
         """(global prefix length, [(start, end, group prefix length)]) for a batch of token lists."""
