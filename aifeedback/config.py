@@ -158,12 +158,33 @@ def _merge(base: dict, extra: dict) -> dict:
     return out
 
 
+def _allowed_keys(cls: type, path: tuple) -> list[str]:
+    """Field names of the (nested) model at ``path``; list indices are skipped."""
+    import typing
+
+    model = cls
+    for part in path:
+        if isinstance(part, int):
+            continue
+        field = getattr(model, "model_fields", {}).get(part)
+        if field is None:
+            return []
+        ann = field.annotation
+        candidates = [ann, *typing.get_args(ann)]
+        for c in list(candidates):
+            candidates.extend(typing.get_args(c))
+        model = next((c for c in candidates if isinstance(c, type) and issubclass(c, BaseModel)), None)
+        if model is None:
+            return []
+    return sorted(getattr(model, "model_fields", {}))
+
+
 def format_validation_error(cls: type, exc: ValidationError, origin: str) -> str:
     lines = []
     for err in exc.errors():
         loc = ".".join(str(p) for p in err["loc"])
         if err["type"] == "extra_forbidden":
-            lines.append(f"unknown key {loc!r} (check the spelling; allowed keys are listed by `aifeedback config {cls.__name__}`)")
+            lines.append(f"unknown key {loc!r} (check the spelling; allowed here: {_allowed_keys(cls, err['loc'][:-1])})")
         else:
             lines.append(f"{loc}: {err['msg']} (got {err.get('input')!r})")
     return f"invalid {cls.__name__} from {origin}:\n  " + "\n  ".join(lines)

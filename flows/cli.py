@@ -143,6 +143,123 @@ def label(
         _fail(exc)
 
 
+@app.command()
+def revise(
+    run_dir: str = RunDir,
+    config: Optional[Path] = ConfigPath,
+    constitution: Optional[str] = typer.Option(None, help="Constitution id or YAML path."),
+    rounds: Optional[int] = typer.Option(None, help="Critique -> revise rounds per response."),
+    few_shot: Optional[bool] = typer.Option(None, "--few-shot/--no-few-shot", help="Use the constitution's exemplars."),
+    filter_regex: Optional[str] = typer.Option(None, help="Revise only responses matching this regex."),
+    limit: Optional[int] = typer.Option(None, help="Only the first N responses."),
+    max_new_tokens: Optional[int] = typer.Option(None, help="Most tokens per critique or revision."),
+    backend: Optional[str] = BackendKind,
+    model: Optional[str] = Model,
+    base_url: Optional[str] = BaseUrl,
+    max_batches: Optional[int] = typer.Option(None, help="Compute at most this many new batches, then stop."),
+    set_: Optional[list[str]] = Sets,
+) -> None:
+    """Critique and revise this run's responses under a constitution."""
+    ov = _overrides(
+        set_,
+        constitution=constitution,
+        rounds=rounds,
+        few_shot=few_shot,
+        filter_regex=filter_regex,
+        limit=limit,
+        sampling__max_new_tokens=max_new_tokens,
+        backend__kind=backend,
+        backend__model=model,
+        backend__base_url=base_url,
+    )
+    try:
+        from flows.revise import revise_flow
+
+        _summary(revise_flow(run_dir=run_dir, config_path=str(config) if config else None, overrides=ov, max_batches=max_batches))
+    except AIFeedbackError as exc:
+        _fail(exc)
+
+
+constitution_app = typer.Typer(help="Validate and show constitution files.", no_args_is_help=True)
+app.add_typer(constitution_app, name="constitution")
+
+
+@constitution_app.command("validate")
+def constitution_validate(file: str = typer.Argument(..., help="Constitution YAML path or shipped id.")) -> None:
+    """Check a constitution: unique ids, non-empty texts, known placeholders, no unknown keys."""
+    from aifeedback.constitution import load_constitution
+
+    try:
+        con, _ = load_constitution(file)
+    except AIFeedbackError as exc:
+        _fail(exc)
+    console.print(f"[green]ok[/] {con.id} v{con.version}: {len(con.critique_revision)} critique/revision pairs, {len(con.choice)} choice principles, {len(con.exemplars)} exemplars; sha256 {con.sha256[:16]}")
+
+
+@constitution_app.command("show")
+def constitution_show(file: str = typer.Argument(..., help="Constitution YAML path or shipped id.")) -> None:
+    """Print a constitution's principles."""
+    from aifeedback.constitution import load_constitution
+
+    try:
+        con, _ = load_constitution(file)
+    except AIFeedbackError as exc:
+        _fail(exc)
+    console.print(f"[bold]{con.id}[/] v{con.version}: {con.description.strip()}")
+    t = Table("id", "critique", "revision", title="critique / revision pairs")
+    for p in con.critique_revision:
+        t.add_row(p.id, p.critique, p.revision)
+    console.print(t)
+    t = Table("id", "question", title="choice principles")
+    for p in con.choice:
+        t.add_row(p.id, p.question)
+    console.print(t)
+
+
+@app.command()
+def agreement(
+    human: str = typer.Option(..., help="Human-label file (hh-rlhf jsonl.gz, PandaLM testset json, LLMBar json, or a table)."),
+    human_format: str = typer.Option("pandalm", help="hh, pandalm, llmbar or generic."),
+    run: Optional[list[str]] = typer.Option(None, "--run", help="A labelled run as NAME=RUN_DIR (repeatable)."),
+    judge: Optional[list[str]] = typer.Option(None, "--judge", help="A verdict file as NAME=FILE (repeatable)."),
+    out: str = typer.Option("runs/agreement", "--out", help="Report folder."),
+    human_limit: Optional[int] = typer.Option(None, help="Only the first N human items."),
+    human_seed: int = typer.Option(0, help="hh: the seed that randomised A/B when the pairs were made."),
+    human_id_column: str = typer.Option("pair_id", help="generic: id column."),
+    human_label_column: str = typer.Option("label", help="generic: label column."),
+) -> None:
+    """AI-vs-human agreement report for any number of judges, side by side."""
+    try:
+        from flows.agreement import agreement_flow
+
+        res = agreement_flow(human=human, human_format=human_format, runs=run, judges=judge, out_dir=out, human_limit=human_limit, human_seed=human_seed, human_id_column=human_id_column, human_label_column=human_label_column)
+    except AIFeedbackError as exc:
+        _fail(exc)
+    _summary(res)
+
+
+@app.command("import-pairs")
+def import_pairs(
+    fmt: str = typer.Argument(..., help="hh, pandalm or llmbar."),
+    src: str = typer.Argument(..., help="Source file."),
+    out: str = typer.Argument(..., help="Pairs JSONL to write (pair_id, prompt, response_a, response_b, human)."),
+    limit: Optional[int] = typer.Option(None, help="Only the first N items."),
+    seed: int = typer.Option(0, help="hh: seed of the A/B coin."),
+) -> None:
+    """Turn a human-preference data set into a pairs file for `aifeedback label --input`."""
+    from labelers.human_data import load_human
+
+    try:
+        items = load_human(fmt, src, limit, seed)
+    except AIFeedbackError as exc:
+        _fail(exc)
+    Path(out).parent.mkdir(parents=True, exist_ok=True)
+    with open(out, "w", encoding="utf-8") as fh:
+        for it in items:
+            fh.write(json.dumps({"pair_id": it["pair_id"], "prompt": it["messages"], "response_a": it["response_a"], "response_b": it["response_b"], "human": it["human"], "source": it.get("source")}, ensure_ascii=False) + "\n")
+    console.print(f"wrote {len(items)} pairs to {out}")
+
+
 @app.command("config")
 def show_config(name: str = typer.Argument(..., help="Config class, e.g. GenerateConfig.")) -> None:
     """Print a stage config's keys, defaults and descriptions."""

@@ -7,6 +7,7 @@ from prefect import flow
 from aifeedback.config import LabelConfig, build_config
 from aifeedback.store import RunStore
 from labelers.job import LabelJob, load_pairs, pairs_from_responses
+from labelers.views import rankings
 
 from .common import execute_stage
 
@@ -33,5 +34,13 @@ def label_flow(run_dir: str = "runs/default", config_path: str | None = None, ov
         extra_manifest={"template": job.template.model_dump(), "constitution_id": job.constitution.id if job.constitution else None, "constitution_version": job.constitution_version},
     )
     if summary["complete"]:
+        rows = store.read_table("labels").to_pylist()
+        ranks = rankings(rows)
+        if ranks:
+            import pyarrow as pa
+            import pyarrow.parquet as pq
+
+            pq.write_table(pa.Table.from_pylist(ranks), store.root / "labels_rankings.parquet")
+            summary["rankings"] = str(store.root / "labels_rankings.parquet")
         print(f"labels: {summary['n_in']} pairs in = {summary['n_out']} labelled + {summary['n_excluded']} excluded")
     return summary

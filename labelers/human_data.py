@@ -89,6 +89,64 @@ def pandalm_items(path: str | Path) -> list[dict]:
                 "human": majority,
                 "annotators": ["tie" if v == 0 else ("A" if v == 1 else "B") for v in votes],
                 "source": "pandalm",
+                "category": row.get("motivation_app") or "pandalm",
             }
         )
     return out
+
+
+def llmbar_items(path: str | Path) -> list[dict]:
+    """LLMBar: input, output_1, output_2, label (1 or 2)."""
+    data = json.loads(Path(path).read_text(encoding="utf-8"))
+    out = []
+    for i, row in enumerate(data):
+        for k in ("input", "output_1", "output_2", "label"):
+            if k not in row:
+                raise InputError(f"{path} item {i} has no {k!r}; LLMBar files have input, output_1, output_2, label")
+        out.append(
+            {
+                "pair_id": f"llmbar-{i}",
+                "prompt_id": stable_id(row["input"]),
+                "messages": [{"role": "user", "content": row["input"]}],
+                "response_a": row["output_1"],
+                "response_b": row["output_2"],
+                "human": {1: "A", 2: "B"}.get(int(row["label"]), "tie"),
+                "source": "llmbar-natural",
+                "category": "llmbar",
+            }
+        )
+    return out
+
+
+def generic_items(path: str | Path, id_column: str, label_column: str) -> list[dict]:
+    """Any table with an id column and a label column (A/B/tie, 1/2/0, or chosen side)."""
+    from aifeedback.io import iter_rows
+
+    out = []
+    for n, row in enumerate(iter_rows(path), 1):
+        if isinstance(row, tuple):
+            raise InputError(f"{path}: {row[1]}")
+        if n == 1:
+            missing = [c for c in (id_column, label_column) if c not in row]
+            if missing:
+                raise InputError(f"no column(s) {missing} in {path}. Available columns: {sorted(row)}. Pass --human-id-column / --human-label-column.")
+        out.append({"pair_id": str(row[id_column]), "human": normalise_verdict(row[label_column]), "source": Path(path).name, "category": str(row.get("category") or Path(path).name)})
+    return out
+
+
+def normalise_verdict(v) -> str | None:
+    """'A'/'B'/'tie', 1/2/0 (PandaLM, LLMBar), 'response_a'/'response_b' -> 'A'/'B'/'tie'; None when unknown."""
+    s = str(v).strip().lower()
+    return {"a": "A", "1": "A", "response_a": "A", "b": "B", "2": "B", "response_b": "B", "tie": "tie", "0": "tie"}.get(s)
+
+
+def load_human(fmt: str, path: str | Path, n: int | None = None, seed: int = 0, id_column: str = "pair_id", label_column: str = "label") -> list[dict]:
+    if fmt == "hh":
+        return hh_pairs(path, n, seed)[0]
+    if fmt == "pandalm":
+        return pandalm_items(path)[:n]
+    if fmt == "llmbar":
+        return llmbar_items(path)[:n]
+    if fmt == "generic":
+        return generic_items(path, id_column, label_column)[:n]
+    raise InputError(f"unknown human-label format {fmt!r}; use hh, pandalm, llmbar or generic")
