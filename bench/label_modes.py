@@ -13,7 +13,8 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-HH = REPO.parent / "shared" / "data" / "hh-rlhf" / "harmless-base" / "test.jsonl.gz"
+DATA = REPO.parent / "shared" / "data"
+SOURCES = {"hh": DATA / "hh-rlhf" / "harmless-base" / "test.jsonl.gz", "pandalm": DATA / "pandalm" / "testset-v1.json", "llmbar": DATA / "llmbar-natural" / "dataset.json"}
 
 MODES = {
     "pairwise-both": {},
@@ -32,20 +33,23 @@ def main() -> None:
     ap.add_argument("--pairs", type=int, default=60)
     ap.add_argument("--modes", default=",".join(MODES))
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--data", choices=sorted(SOURCES), default="hh")
     args = ap.parse_args()
-    if not HH.is_file():
-        raise SystemExit(f"needs {HH} (the shared hh-rlhf data)")
+    src = SOURCES[args.data]
+    if not src.is_file():
+        raise SystemExit(f"needs {src} (the shared human-preference data)")
 
     from aifeedback.config import LabelConfig
     from aifeedback.constitution import load_constitution
     from aifeedback.stage import cached_backend
-    from labelers.human_data import hh_pairs
+    from labelers.human_data import load_human
     from labelers.labeler import Labeler
     from labelers.templates import load_template
 
-    pairs, problems = hh_pairs(HH, args.pairs, seed=args.seed)
+    items = load_human(args.data, src, args.pairs, args.seed)
+    pairs = [p for p in items if p["human"] in ("A", "B") and isinstance(p["response_a"], str) and isinstance(p["response_b"], str)]
     human = {p["pair_id"]: p["human"] for p in pairs}
-    print(f"{len(pairs)} hh-rlhf harmless-base pairs (first {args.pairs}; {len(problems)} unusable), A/B randomised with seed {args.seed}")
+    print(f"{len(pairs)} {args.data} pairs with a non-tie human label (from the first {args.pairs}){', A/B randomised with seed ' + str(args.seed) if args.data == 'hh' else ''}")
     print("| mode | agreement | consistency | first position won both orders | pairs/s | labelled + excluded |")
     print("|---|---|---|---|---|---|")
     for name in args.modes.split(","):

@@ -260,6 +260,25 @@ def import_pairs(
     console.print(f"wrote {len(items)} pairs to {out}")
 
 
+@app.command("train-rm")
+def train_rm(
+    run_dir: str = RunDir,
+    out: str = typer.Option(..., "--out", help="Folder for the model, its card and its config."),
+    labels: Optional[str] = typer.Option(None, help="soft (default) or hard."),
+    human: Optional[str] = typer.Option(None, help="Human labels for held-out evaluation (joined by pair id)."),
+    human_format: str = typer.Option("hh", help="hh, pandalm, llmbar or generic."),
+    set_: Optional[list[str]] = Sets,
+) -> None:
+    """Distilled RLAIF: train a reward model on this run's AI soft labels."""
+    ov = _overrides(set_, labels=labels)
+    try:
+        from flows.train import train_rm_flow
+
+        _summary(train_rm_flow(run_dir=run_dir, out_dir=out, overrides=ov, human=human, human_format=human_format))
+    except AIFeedbackError as exc:
+        _fail(exc)
+
+
 @app.command("config")
 def show_config(name: str = typer.Argument(..., help="Config class, e.g. GenerateConfig.")) -> None:
     """Print a stage config's keys, defaults and descriptions."""

@@ -80,3 +80,27 @@ def test_key_never_in_repr(monkeypatch):
     monkeypatch.setenv("OPENAI_API_KEY", "sk-test-SECRET-123")
     b = _backend("https://api.example.invalid/v1")
     assert "SECRET" not in repr(b) and "SECRET" not in str(vars(b).get("cfg"))
+
+
+def test_label_flow_through_real_server(llama_server, tmp_path):
+    """Both-order labelling end to end over HTTP: every pair labelled or excluded, orders adjacent for the prefix cache."""
+    import json
+
+    from flows.label import label_flow
+    from aifeedback.store import RunStore
+
+    pairs = tmp_path / "pairs.jsonl"
+    pairs.write_text(
+        "".join(
+            json.dumps(p) + "\n"
+            for p in [
+                {"pair_id": "a", "prompt": "What is 2+2?", "response_a": "4", "response_b": "5"},
+                {"pair_id": "b", "prompt": "Name a colour.", "response_a": "Blue.", "response_b": "Seven."},
+                {"pair_id": "c", "prompt": "Say hi.", "response_a": "hi", "response_b": "hi"},
+            ]
+        )
+    )
+    s = label_flow(run_dir=str(tmp_path / "run"), overrides={"input": str(pairs), "backend": {"kind": "openai", "model": "smollm2", "base_url": llama_server.base_url, "max_concurrency": 2}})
+    assert s["n_in"] == 3 == s["n_out"] + s["n_excluded"] and s["n_out"] == 2
+    rows = RunStore(tmp_path / "run").read_table("labels").to_pylist()
+    assert all(r["backend"] == "openai" and r["prob_source"] in ("logprobs", "parsed") and 0 <= r["p_a"] <= 1 for r in rows)

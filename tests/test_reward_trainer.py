@@ -1,0 +1,67 @@
+"""Reward-model trainer on a tiny BERT built from a config (no hub)."""
+
+import math
+
+import pytest
+import torch
+
+from trainers.reward_config import RewardConfig
+from trainers.reward_trainer import RewardTrainer, hard_bt_loss, select_pairs, soft_bt_loss
+
+
+def test_soft_label_loss_hand_computed():
+    r_a, r_b, p = torch.tensor([2.0, 0.0]), torch.tensor([1.0, 1.0]), torch.tensor([0.8, 0.3])
+    s = [1 / (1 + math.exp(-1.0)), 1 / (1 + math.exp(1.0))]
+    expected = -((0.8 * math.log(s[0]) + 0.2 * math.log(1 - s[0])) + (0.3 * math.log(s[1]) + 0.7 * math.log(1 - s[1]))) / 2
+    assert float(soft_bt_loss(r_a, r_b, p)) == pytest.approx(expected, rel=1e-6)
+    assert float(hard_bt_loss(torch.tensor([1.0]), torch.tensor([0.0]), 0.5)) == pytest.approx(-math.log(1 / (1 + math.exp(-0.5))), rel=1e-6)
+
+
+def _tiny():
+    from transformers import AutoTokenizer, BertConfig, BertForSequenceClassification
+
+    from aifeedback.models import minilm_dir
+
+    tok = AutoTokenizer.from_pretrained(minilm_dir())
+    cfg = BertConfig(vocab_size=tok.vocab_size, hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64, num_labels=1, max_position_embeddings=128)
+    torch.manual_seed(0)
+    return BertForSequenceClassification(cfg), tok
+
+
+def _rows(n=32):
+    rows = []
+    for i in range(n):
+        good, bad = f"Sure, here is a kind and correct answer number {i}.", f"No. Go away {i}."
+        a_good = i % 2 == 0
+        rows.append(
+            {
+                "messages": [{"role": "user", "content": f"question {i}"}],
+                "response_a": good if a_good else bad,
+                "response_b": bad if a_good else good,
+                "p_a": 0.9 if a_good else 0.1,
+                "hard_label": "A" if a_good else "B",
+                "confidence": 0.8 if i % 4 else 0.1,
+                "consistent": i % 3 != 0,
+                "human": "A" if a_good else "B",
+            }
+        )
+    return rows
+
+
+@pytest.mark.parametrize("labels", ["soft", "hard"])
+def test_loss_goes_down_and_parameters_change(labels, tmp_path):
+    model, tok = _tiny()
+    before = [p.detach().clone() for p in model.parameters()]
+    tr = RewardTrainer(RewardConfig(labels=labels, epochs=6, lr=1e-3, batch_size=8, max_length=32), model, tok)
+    res = tr.train(_rows(), eval_rows=_rows(8))
+    assert sum(res.losses[-4:]) / 4 < sum(res.losses[:4]) / 4
+    assert any(not torch.equal(a, b) for a, b in zip(before, model.parameters()))
+    assert res.eval_accuracy is not None and res.eval_accuracy >= 0.75
+    out = tr.save(tmp_path / "rm", res, {"labels_from": "test"})
+    assert (out / "config.json").is_file() and "held-out human-label accuracy" in (out / "README.md").read_text()
+
+
+def test_filters_count_what_they_drop():
+    kept, dropped = select_pairs(_rows(), RewardConfig(min_confidence=0.5, exclude_inconsistent=True))
+    assert len(kept) + sum(dropped.values()) == 32
+    assert dropped["low_confidence"] == 8 and all(r["consistent"] for r in kept)

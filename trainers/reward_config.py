@@ -1,0 +1,25 @@
+"""Config of the distilled-RLAIF reward model trainer (documented once, here)."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field
+
+from aifeedback.config import StrictModel
+from aifeedback.models import DEFAULT_REWARD_BACKBONE
+
+
+class RewardConfig(StrictModel):
+    backbone: str = Field(DEFAULT_REWARD_BACKBONE, description="Sequence-classification backbone: embedded MiniLM, a local folder or a Hugging Face id.")
+    labels: Literal["soft", "hard"] = Field("soft", description="soft: BCE(sigmoid(r_A - r_B), p(A>B)) on the AI soft labels; hard: -log sigmoid(r_w - r_l - margin) on hard labels (a baseline).")
+    margin: float = Field(0.0, ge=0, description="hard labels: the margin subtracted inside the sigmoid.")
+    min_confidence: float = Field(0.0, ge=0, le=1, description="Drop pairs whose label confidence is below this.")
+    exclude_inconsistent: bool = Field(False, description="Drop pairs whose two orders disagreed.")
+    epochs: int = Field(1, ge=1, description="Passes over the training pairs.")
+    max_steps: int | None = Field(None, ge=1, description="Stop after this many optimiser steps.")
+    lr: float = Field(5e-5, gt=0, description="AdamW learning rate.")
+    batch_size: int = Field(16, ge=1, description="Pairs per optimiser step.")
+    max_length: int = Field(256, ge=16, description="Tokens per (prompt, response) input; longer inputs are truncated from the prompt side.")
+    seed: int = Field(0, ge=0, description="Seeds the split, the shuffling and the head initialisation.")
+    eval_fraction: float = Field(0.2, ge=0, lt=1, description="Share of pairs with a human label held out for evaluation.")
