@@ -279,6 +279,44 @@ def train_rm(
         _fail(exc)
 
 
+@app.command("train-rl")
+def train_rl(
+    out: str = typer.Option(..., "--out", help="Folder for the trained policy and its reward curve."),
+    reward: str = typer.Option("direct", help="rm (a trained reward model) or direct (the labeler's 1-10 score)."),
+    reward_model: Optional[str] = typer.Option(None, help="rm: folder from `aifeedback train-rm`."),
+    prompts: Optional[str] = typer.Option(None, help="Prompt file; default data/prompts."),
+    limit: int = typer.Option(8, help="Prompts used."),
+    set_: Optional[list[str]] = Sets,
+) -> None:
+    """RL on AI feedback (GRPO with a KL penalty to the reference policy)."""
+    ov = _overrides(set_, reward=reward, reward_model=reward_model)
+    try:
+        from flows.train import train_rl_flow
+
+        res = train_rl_flow(out_dir=out, prompts_file=prompts, overrides=ov, limit=limit)
+    except AIFeedbackError as exc:
+        _fail(exc)
+    _summary({k: v for k, v in res.items()})
+
+
+@app.command("train-dpo")
+def train_dpo(
+    out: str = typer.Option(..., "--out", help="Folder for the trained policy."),
+    run_dir: Optional[str] = typer.Option(None, "--run-dir", help="A labelled run: its AI labels become DPO pairs."),
+    preferences: Optional[str] = typer.Option(None, help="Or a Parquet file in TRL columns (prompt, chosen, rejected)."),
+    set_: Optional[list[str]] = Sets,
+) -> None:
+    """DPO on AI-labelled pairs through TRL (confidence filter; soft labels as label smoothing)."""
+    ov = _overrides(set_)
+    try:
+        from flows.train import train_dpo_flow
+
+        res = train_dpo_flow(out_dir=out, run_dir=run_dir, preferences=preferences, overrides=ov)
+    except AIFeedbackError as exc:
+        _fail(exc)
+    _summary(res)
+
+
 @app.command("config")
 def show_config(name: str = typer.Argument(..., help="Config class, e.g. GenerateConfig.")) -> None:
     """Print a stage config's keys, defaults and descriptions."""

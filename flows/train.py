@@ -29,3 +29,50 @@ def train_rm_flow(run_dir: str, out_dir: str, overrides: dict | None = None, hum
     summary = {"model": str(out), "n_train": res.n_train, "dropped": res.dropped, "n_eval": res.n_eval, "eval_accuracy": res.eval_accuracy, "first_loss": res.losses[0], "last_loss": res.losses[-1], "steps": len(res.losses), "seconds": round(res.seconds, 1)}
     print(summary)
     return summary
+
+
+@flow(name="train-rl", log_prints=True)
+def train_rl_flow(out_dir: str, prompts_file: str | None = None, overrides: dict | None = None, limit: int = 8) -> dict:
+    """GRPO on the policy with a KL penalty; reward from a reward model (rm) or the labeler's score (direct)."""
+    import json
+
+    from aifeedback.generation import load_prompts
+    from trainers.rl import train_grpo
+    from trainers.rl_config import RLConfig
+
+    from .generate import DEFAULT_PROMPTS
+
+    cfg = RLConfig.model_validate(overrides or {})
+    items, _ = load_prompts(prompts_file or str(DEFAULT_PROMPTS), "prompt", None, limit)
+    out = train_grpo(cfg, [it["messages"] for it in items], out_dir)
+    trainer = out.pop("trainer")
+    trainer.save_model(out_dir)
+    Path(out_dir, "reward_curve.json").write_text(json.dumps({"config": cfg.model_dump(), **out}, indent=2))
+    print(f"reward curve: {[round(r, 3) for r in out['reward_curve']]}")
+    return {"model": out_dir, **out}
+
+
+@flow(name="train-dpo", log_prints=True)
+def train_dpo_flow(out_dir: str, run_dir: str | None = None, preferences: str | None = None, overrides: dict | None = None) -> dict:
+    """DPO through TRL on AI-labelled pairs (a run's labels) or a TRL-column preference file."""
+    import json
+
+    import pyarrow.parquet as pq
+
+    from trainers.rl import dpo_dataset, train_dpo
+    from trainers.rl_config import DPOTrainConfig
+
+    cfg = DPOTrainConfig.model_validate(overrides or {})
+    if preferences:
+        rows = [{k: r[k] for k in ("prompt", "chosen", "rejected")} for r in pq.read_table(preferences).to_pylist()]
+        smoothing = 0.0
+    else:
+        rows, smoothing = dpo_dataset(RunStore(run_dir).read_table("labels").to_pylist(), cfg)
+    if not rows:
+        raise ValueError("no preference pairs to train on; lower min_confidence or label more pairs")
+    out = train_dpo(cfg, rows, out_dir, smoothing)
+    trainer = out.pop("trainer")
+    trainer.save_model(out_dir)
+    Path(out_dir, "dpo_log.json").write_text(json.dumps({"config": cfg.model_dump(), "n_pairs": len(rows), **out}, indent=2))
+    print(f"DPO on {len(rows)} pairs, label_smoothing {smoothing:.3f}: loss {out['losses'][0]:.4f} -> {out['losses'][-1]:.4f}")
+    return {"model": out_dir, "n_pairs": len(rows), **out}
