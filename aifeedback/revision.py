@@ -187,19 +187,22 @@ class ReviseJob:
         return rows, excluded, {"model_calls": backend.stats.generate_calls - c0}
 
 
+def _provenance(r: dict) -> dict:
+    return {
+        "prompt_id": r["prompt_id"],
+        "revision_id": r["revision_id"],
+        "constitution_id": r["constitution_id"],
+        "constitution_version": r["constitution_version"],
+        "principle_ids": [x["principle_id"] for x in r["rounds"]],
+        "model": r["model"],
+        "seed": r["seed"],
+    }
+
+
 def sft_rows(revisions: list[dict]) -> list[dict]:
     """prompt -> final revision, for revised, non-degenerate rows (TRL conversational 'messages')."""
     return [
-        {
-            "messages": r["messages"] + [{"role": "assistant", "content": r["final_revision"]}],
-            "prompt_id": r["prompt_id"],
-            "revision_id": r["revision_id"],
-            "constitution_id": r["constitution_id"],
-            "constitution_version": r["constitution_version"],
-            "principle_ids": [x["principle_id"] for x in r["rounds"]],
-            "model": r["model"],
-            "seed": r["seed"],
-        }
+        {"messages": r["messages"] + [{"role": "assistant", "content": r["final_revision"]}], **_provenance(r)}
         for r in revisions
         if r["revised"] and not r["degenerate"]
     ]
@@ -212,13 +215,7 @@ def revision_pairs(revisions: list[dict]) -> list[dict]:
             "prompt": r["messages"],
             "chosen": [{"role": "assistant", "content": r["final_revision"]}],
             "rejected": [{"role": "assistant", "content": r["initial_response"]}],
-            "prompt_id": r["prompt_id"],
-            "revision_id": r["revision_id"],
-            "constitution_id": r["constitution_id"],
-            "constitution_version": r["constitution_version"],
-            "principle_ids": [x["principle_id"] for x in r["rounds"]],
-            "model": r["model"],
-            "seed": r["seed"],
+            **_provenance(r),
         }
         for r in revisions
         if r["revised"] and not r["degenerate"]

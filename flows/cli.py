@@ -40,6 +40,18 @@ def _fail(exc: Exception) -> None:
     raise typer.Exit(2)
 
 
+def _run_flow(module: str, name: str, **kwargs) -> dict:
+    """Import a flow lazily, run it, print its summary; errors become a clear message and exit code 2."""
+    import importlib
+
+    try:
+        result = getattr(importlib.import_module(module), name)(**kwargs)
+    except AIFeedbackError as exc:
+        _fail(exc)
+    _summary(result)
+    return result
+
+
 def _summary(summary: dict) -> None:
     table = Table(show_header=False)
     for k, v in summary.items():
@@ -92,12 +104,7 @@ def generate(
         backend__model=model,
         backend__base_url=base_url,
     )
-    try:
-        from flows.generate import generate_flow
-
-        _summary(generate_flow(run_dir=run_dir, config_path=str(config) if config else None, overrides=ov, max_batches=max_batches))
-    except AIFeedbackError as exc:
-        _fail(exc)
+    _run_flow("flows.generate", "generate_flow", run_dir=run_dir, config_path=str(config) if config else None, overrides=ov, max_batches=max_batches)
 
 
 @app.command()
@@ -135,12 +142,7 @@ def label(
         backend__model=model,
         backend__base_url=base_url,
     )
-    try:
-        from flows.label import label_flow
-
-        _summary(label_flow(run_dir=run_dir, config_path=str(config) if config else None, overrides=ov, max_batches=max_batches))
-    except AIFeedbackError as exc:
-        _fail(exc)
+    _run_flow("flows.label", "label_flow", run_dir=run_dir, config_path=str(config) if config else None, overrides=ov, max_batches=max_batches)
 
 
 @app.command()
@@ -172,12 +174,7 @@ def revise(
         backend__model=model,
         backend__base_url=base_url,
     )
-    try:
-        from flows.revise import revise_flow
-
-        _summary(revise_flow(run_dir=run_dir, config_path=str(config) if config else None, overrides=ov, max_batches=max_batches))
-    except AIFeedbackError as exc:
-        _fail(exc)
+    _run_flow("flows.revise", "revise_flow", run_dir=run_dir, config_path=str(config) if config else None, overrides=ov, max_batches=max_batches)
 
 
 constitution_app = typer.Typer(help="Validate and show constitution files.", no_args_is_help=True)
@@ -229,13 +226,7 @@ def agreement(
     human_label_column: str = typer.Option("label", help="generic: label column."),
 ) -> None:
     """AI-vs-human agreement report for any number of judges, side by side."""
-    try:
-        from flows.agreement import agreement_flow
-
-        res = agreement_flow(human=human, human_format=human_format, runs=run, judges=judge, out_dir=out, human_limit=human_limit, human_seed=human_seed, human_id_column=human_id_column, human_label_column=human_label_column)
-    except AIFeedbackError as exc:
-        _fail(exc)
-    _summary(res)
+    _run_flow("flows.agreement", "agreement_flow", human=human, human_format=human_format, runs=run, judges=judge, out_dir=out, human_limit=human_limit, human_seed=human_seed, human_id_column=human_id_column, human_label_column=human_label_column)
 
 
 @app.command("import-pairs")
@@ -271,12 +262,7 @@ def train_rm(
 ) -> None:
     """Distilled RLAIF: train a reward model on this run's AI soft labels."""
     ov = _overrides(set_, labels=labels)
-    try:
-        from flows.train import train_rm_flow
-
-        _summary(train_rm_flow(run_dir=run_dir, out_dir=out, overrides=ov, human=human, human_format=human_format))
-    except AIFeedbackError as exc:
-        _fail(exc)
+    _run_flow("flows.train", "train_rm_flow", run_dir=run_dir, out_dir=out, overrides=ov, human=human, human_format=human_format)
 
 
 @app.command("train-rl")
@@ -290,13 +276,7 @@ def train_rl(
 ) -> None:
     """RL on AI feedback (GRPO with a KL penalty to the reference policy)."""
     ov = _overrides(set_, reward=reward, reward_model=reward_model)
-    try:
-        from flows.train import train_rl_flow
-
-        res = train_rl_flow(out_dir=out, prompts_file=prompts, overrides=ov, limit=limit)
-    except AIFeedbackError as exc:
-        _fail(exc)
-    _summary({k: v for k, v in res.items()})
+    _run_flow("flows.train", "train_rl_flow", out_dir=out, prompts_file=prompts, overrides=ov, limit=limit)
 
 
 @app.command("train-dpo")
@@ -308,13 +288,7 @@ def train_dpo(
 ) -> None:
     """DPO on AI-labelled pairs through TRL (confidence filter; soft labels as label smoothing)."""
     ov = _overrides(set_)
-    try:
-        from flows.train import train_dpo_flow
-
-        res = train_dpo_flow(out_dir=out, run_dir=run_dir, preferences=preferences, overrides=ov)
-    except AIFeedbackError as exc:
-        _fail(exc)
-    _summary(res)
+    _run_flow("flows.train", "train_dpo_flow", out_dir=out, run_dir=run_dir, preferences=preferences, overrides=ov)
 
 
 @app.command("config")

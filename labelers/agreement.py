@@ -29,9 +29,10 @@ def judge_from_run(name: str, run_dir: str) -> Judge:
     if not rows:
         raise InputError(f"run {run_dir} has no label rows; run `aifeedback label --run-dir {run_dir}` first")
     modes = sorted({r["mode"] for r in rows})
+    # the verdict is the soft label's argmax (as in the RLAIF paper); the tie margin only shapes exports
     return Judge(
         name,
-        {r["pair_id"]: r["hard_label"] for r in rows},
+        {r["pair_id"]: ("A" if r["p_a"] > 0.5 else "B" if r["p_a"] < 0.5 else "tie") for r in rows},
         {r["pair_id"]: r["p_a"] for r in rows},
         {r["pair_id"]: r for r in rows},
         f"{rows[0]['labeler_model']} via {rows[0]['backend']}, mode {', '.join(modes)}, template {rows[0]['template_version']}",
@@ -130,7 +131,7 @@ def human_ceiling(humans: dict[str, dict]) -> dict | None:
 
 
 DEFINITIONS = {
-    "agreement": "Share of items with a non-tie human label where the judge's hard label equals it (a judge tie counts as a miss). 95% CI: percentile bootstrap over items.",
+    "agreement": "Share of items with a non-tie human label where the judge's verdict equals it (a judge tie counts as a miss). For labelers from this pipeline the verdict is the argmax of the soft label p(A>B), as in the RLAIF paper; verdict files give theirs. 95% CI: percentile bootstrap over items.",
     "kappa": "Cohen's kappa between judge and human labels on the same items: (p_o - p_e) / (1 - p_e), with p_e from each side's label frequencies.",
     "human ceiling": "Mean agreement between pairs of human annotators of the same item (all three pairs for PandaLM).",
     "consistency": "Share of pairs whose two orders pick the same winner.",
