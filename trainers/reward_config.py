@@ -12,7 +12,7 @@ from aifeedback.models import DEFAULT_REWARD_BACKBONE
 
 class RewardConfig(StrictModel):
     backbone: str = Field(DEFAULT_REWARD_BACKBONE, description="Sequence-classification backbone: embedded MiniLM, a local folder or a Hugging Face id.")
-    labels: Literal["soft", "hard"] = Field("soft", description="soft: BCE(sigmoid(r_A - r_B), p(A>B)) on the AI soft labels; hard: -log sigmoid(r_w - r_l - margin) on hard labels (a baseline).")
+    labels: Literal["soft", "hard"] = Field("soft", description="soft: BCE(sigmoid(r_A - r_B), p(A>B)) on the AI soft labels; hard: -log sigmoid(r_w - r_l - margin) on hard labels, the argmax of p(A>B) (a baseline).")
     margin: float = Field(0.0, ge=0, description="hard labels: the margin subtracted inside the sigmoid.")
     min_confidence: float = Field(0.0, ge=0, le=1, description="Drop pairs whose label confidence is below this.")
     exclude_inconsistent: bool = Field(False, description="Drop pairs whose two orders disagreed.")

@@ -42,7 +42,7 @@ def select_pairs(rows: list[dict], cfg: RewardConfig) -> tuple[list[dict], dict]
             dropped["low_confidence"] += 1
         elif cfg.exclude_inconsistent and r.get("consistent") is False:
             dropped["inconsistent"] += 1
-        elif cfg.labels == "hard" and r.get("hard_label") not in ("A", "B"):
+        elif cfg.labels == "hard" and r["p_a"] == 0.5:
             dropped["tie"] += 1
         else:
             kept.append(r)
@@ -104,7 +104,7 @@ class RewardTrainer:
                 if cfg.labels == "soft":
                     loss = soft_bt_loss(r_a, r_b, torch.tensor([float(r["p_a"]) for r in batch]))
                 else:
-                    a_wins = torch.tensor([r["hard_label"] == "A" for r in batch])
+                    a_wins = torch.tensor([r["p_a"] > 0.5 for r in batch])  # hard label: the soft label's argmax
                     loss = hard_bt_loss(torch.where(a_wins, r_a, r_b), torch.where(a_wins, r_b, r_a), cfg.margin)
                 opt.zero_grad()
                 loss.backward()
