@@ -106,9 +106,9 @@ def dpo_dataset(label_rows: list[dict], cfg: DPOTrainConfig) -> tuple[list[dict]
     """TRL conversational columns from label rows; returns (rows, label_smoothing)."""
     rows, flips = [], []
     for r in label_rows:
-        if r.get("hard_label") not in ("A", "B") or (r.get("confidence") or 0) < cfg.min_confidence:
+        if r["p_a"] == 0.5 or (r.get("confidence") or 0) < cfg.min_confidence:
             continue
-        win, lose = ("a", "b") if r["hard_label"] == "A" else ("b", "a")
+        win, lose = ("a", "b") if r["p_a"] > 0.5 else ("b", "a")  # the soft label's argmax
         p_win = r["p_a"] if win == "a" else 1 - r["p_a"]
         flips.append(1 - p_win)
         rows.append({"prompt": r["messages"], "chosen": [{"role": "assistant", "content": r[f"response_{win}"]}], "rejected": [{"role": "assistant", "content": r[f"response_{lose}"]}]})
