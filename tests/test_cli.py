@@ -8,7 +8,10 @@ AIF = [str(Path(sys.executable).parent / "aifeedback")]
 
 
 def run(*args, timeout=300):
-    return subprocess.run(AIF + list(args), capture_output=True, text=True, timeout=timeout)
+    import os
+
+    env = dict(os.environ, COLUMNS="300")  # Rich wraps and truncates to the terminal width
+    return subprocess.run(AIF + list(args), capture_output=True, text=True, timeout=timeout, env=env)
 
 
 def test_help_lists_the_commands():
