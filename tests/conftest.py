@@ -16,6 +16,7 @@ import pytest
 _PREFECT_HOME = tempfile.mkdtemp(prefix="aif-prefect-")
 os.environ.setdefault("PREFECT_HOME", _PREFECT_HOME)
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("PREFECT_LOGGING_TO_API_ENABLED", "false")  # the temporary server stops before the last logs
 
 from aifeedback.prefect_env import configure  # noqa: E402
 
