@@ -20,6 +20,6 @@ class RewardConfig(StrictModel):
     max_steps: int | None = Field(None, ge=1, description="Stop after this many optimiser steps.")
     lr: float = Field(5e-5, gt=0, description="AdamW learning rate.")
     batch_size: int = Field(16, ge=1, description="Pairs per optimiser step.")
-    max_length: int = Field(256, ge=16, description="Tokens per (prompt, response) input; longer inputs are truncated from the prompt side.")
+    max_length: int = Field(256, ge=16, description="Tokens per (prompt, response) input; longer inputs lose tokens from the longer of prompt and response first.")
     seed: int = Field(0, ge=0, description="Seeds the split, the shuffling and the head initialisation.")
     eval_fraction: float = Field(0.2, ge=0, lt=1, description="Share of pairs with a human label held out for evaluation.")

@@ -77,7 +77,7 @@ class RewardTrainer:
             self.model.config.pad_token_id = self.tok.pad_token_id
 
     def rewards(self, prompts: list[str], responses: list[str]):
-        enc = self.tok(prompts, responses, truncation="only_first", max_length=self.cfg.max_length, padding=True, return_tensors="pt")
+        enc = self.tok(prompts, responses, truncation="longest_first", max_length=self.cfg.max_length, padding=True, return_tensors="pt")
         return self.model(**enc).logits.squeeze(-1)
 
     def train(self, rows: list[dict], eval_rows: list[dict] | None = None) -> RewardResult:

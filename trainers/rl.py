@@ -46,7 +46,7 @@ def rm_reward(model_dir: str) -> Callable:
 
     def reward(prompts, completions, **kwargs) -> list[float]:
         ps = [prompt_text(p) if isinstance(p, list) else p for p in prompts]
-        enc = tok(ps, [_text(c) for c in completions], truncation="only_first", max_length=256, padding=True, return_tensors="pt")
+        enc = tok(ps, [_text(c) for c in completions], truncation="longest_first", max_length=256, padding=True, return_tensors="pt")
         with torch.no_grad():
             return model(**enc).logits.squeeze(-1).tolist()
 
