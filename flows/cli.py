@@ -305,7 +305,7 @@ def show_config(name: str = typer.Argument(..., help="Config class, e.g. Generat
 @app.command()
 def demo(
     run_dir: str = typer.Option("runs/demo", "--run-dir", help="Where the demo run goes."),
-    prompts: int = typer.Option(6, help="How many prompts from data/prompts."),
+    prompts: int = typer.Option(4, help="How many prompts from data/prompts."),
 ) -> None:
     """Run the demo pipeline on the embedded default models and print where its outputs are."""
     try:

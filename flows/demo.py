@@ -12,14 +12,14 @@ from .revise import revise_flow
 
 
 @flow(name="demo", log_prints=True)
-def demo_flow(run_dir: str = "runs/demo", n_prompts: int = 6) -> dict:
+def demo_flow(run_dir: str = "runs/demo", n_prompts: int = 4) -> dict:
     """generate -> critique/revise -> label both orders. Returns where each output is."""
     root = Path(run_dir).resolve()
     gen = generate_flow(
         run_dir=str(root),
-        overrides={"limit": n_prompts, "sampling": {"n": 2, "max_new_tokens": 48, "temperature": 0.8}, "batch_size": 16},
+        overrides={"limit": n_prompts, "sampling": {"n": 2, "max_new_tokens": 40, "temperature": 0.8}, "batch_size": 16},
     )
-    rev = revise_flow(run_dir=str(root), overrides={"rounds": 2, "sampling": {"max_new_tokens": 48}, "batch_size": 16})
+    rev = revise_flow(run_dir=str(root), overrides={"rounds": 1, "sampling": {"max_new_tokens": 40}, "batch_size": 16})
     lab = label_flow(run_dir=str(root), overrides={"batch_size": 64})
     return {
         "run directory": str(root),
