@@ -14,7 +14,6 @@
 
 from __future__ import annotations
 
-import math
 import os
 import threading
 
@@ -81,6 +80,7 @@ class TransformersBackend:
             elif isinstance(tid, list):
                 eos.update(t for t in tid if isinstance(t, int))
         self.eos_ids = sorted(eos)
+        self._eos = frozenset(eos)
         self.capabilities = Capabilities(logprobs=True, prefix_reuse=True, in_process=True, token_counts_exact=True, max_context=self.max_context)
         self.stats = BackendStats()
         self._lock = threading.Lock()  # one forward pass at a time per process
@@ -143,28 +143,19 @@ class TransformersBackend:
         from transformers import DynamicCache
 
         B = len(prompts)
-        L = max(len(p) for p in prompts)
-        ids = torch.full((B, L), self.pad_id, dtype=torch.long)
-        mask = torch.zeros((B, L), dtype=torch.long)
-        for b, p in enumerate(prompts):
-            ids[b, L - len(p) :] = torch.tensor(p)
-            mask[b, L - len(p) :] = 1
+        ids, mask = _left_pad(prompts, self.pad_id)
         pos = (mask.cumsum(-1) - 1).clamp(min=0)
         gens = []
         for s in seeds:
             g = torch.Generator(device="cpu")
             g.manual_seed(s if s is not None else 0)
             gens.append(g)
-        eos = torch.tensor(self.eos_ids, dtype=torch.long)
         out_tokens: list[list[int]] = [[] for _ in range(B)]
         finished = [False] * B
         finish = ["length"] * B
         cache = DynamicCache()
-        dev = self.device
         with torch.inference_mode():
-            logits = self.model(
-                input_ids=ids.to(dev), attention_mask=mask.to(dev), position_ids=pos.to(dev), **{self._ckw: cache}, use_cache=True, logits_to_keep=1
-            ).logits[:, -1, :].float().cpu()
+            logits = self._fwd(ids, mask, pos, cache, count=False).cpu()
             for step in range(params.max_new_tokens):
                 nxt = self._sample(logits, params, gens)
                 for b in range(B):
@@ -172,7 +163,7 @@ class TransformersBackend:
                         nxt[b] = self.pad_id
                         continue
                     t = int(nxt[b])
-                    if t in self.eos_ids:
+                    if t in self._eos:
                         finished[b] = True
                         finish[b] = "stop"
                     else:
@@ -181,10 +172,7 @@ class TransformersBackend:
                     break
                 mask = torch.cat([mask, torch.ones((B, 1), dtype=torch.long)], dim=1)
                 pos = pos[:, -1:] + 1
-                logits = self.model(
-                    input_ids=nxt[:, None].to(dev), attention_mask=mask.to(dev), position_ids=pos.to(dev), **{self._ckw: cache}, use_cache=True
-                ).logits[:, -1, :].float().cpu()
-        del eos
+                logits = self._fwd(nxt[:, None], mask, pos, cache, count=False).cpu()
         return [(out_tokens[b], finish[b]) for b in range(B)]
 
     @staticmethod
@@ -200,6 +188,14 @@ class TransformersBackend:
             sp = sp * keep
             probs = torch.zeros_like(probs).scatter_(-1, si, sp)
         return torch.stack([torch.multinomial(probs[b], 1, generator=gens[b])[0] for b in range(probs.shape[0])])
+
+    def _fwd(self, ids, mask, pos, cache, count: bool = True):
+        """One forward pass into ``cache``; returns the last position's logits. Counts the real tokens it computed."""
+        if count:
+            self.stats.tokens_prefilled += int(mask[:, -ids.shape[1] :].sum())
+        dev = self.device
+        out = self.model(input_ids=ids.to(dev), attention_mask=mask.to(dev), position_ids=pos.to(dev), **{self._ckw: cache}, use_cache=True, logits_to_keep=1)
+        return out.logits[:, -1, :].float()
 
     # scoring ----------------------------------------------------------------
     def candidate_variants(self, candidates: list[str]) -> list[list[list[int]]]:
@@ -255,10 +251,7 @@ class TransformersBackend:
         if p0 == 0:
             return [self._score_sequences_single(s, variants)[0] for s in seqs]
 
-        def fwd(ids, mask, pos, cache):
-            self.stats.tokens_prefilled += int(mask[:, -ids.shape[1] :].sum())
-            return self.model(input_ids=ids.to(dev), attention_mask=mask.to(dev), position_ids=pos.to(dev), **{self._ckw: cache}, use_cache=True, logits_to_keep=1).logits
-
+        fwd = self._fwd
         out: list[list[float | None]] = []
         with torch.inference_mode():
             cache = DynamicCache()
@@ -272,16 +265,10 @@ class TransformersBackend:
                     fwd(torch.tensor([part]), torch.ones((1, lg), dtype=torch.long), torch.arange(p0, lg)[None], cache)
                 rows = b - a
                 _reindex_cache(cache, torch.zeros(rows, dtype=torch.long, device=dev))
-                sufs = [seqs[r][lg:] for r in range(a, b)]
-                width = max(len(x) for x in sufs)
-                ids = torch.full((rows, width), self.pad_id, dtype=torch.long)
-                sm = torch.zeros((rows, width), dtype=torch.long)
-                for r, x in enumerate(sufs):
-                    ids[r, width - len(x) :] = torch.tensor(x)
-                    sm[r, width - len(x) :] = 1
+                ids, sm = _left_pad([seqs[r][lg:] for r in range(a, b)], self.pad_id)
                 mask = torch.cat([torch.ones((rows, lg), dtype=torch.long), sm], dim=1)
                 pos = lg + (sm.cumsum(-1) - 1).clamp(min=0)
-                last = fwd(ids, mask, pos, cache)[:, -1, :].float()
+                last = fwd(ids, mask, pos, cache)
                 first_lp = torch.log_softmax(last, dim=-1).cpu()
                 real = lg + sm.sum(-1, keepdim=True)
                 out.extend(self._candidate_logprobs(first_lp, variants, cache, mask, real, rows))
@@ -345,26 +332,8 @@ class TransformersBackend:
                 out.extend(self._score_sequences_single(s, variants))
             return out
 
-        def fwd(ids, mask, pos, cache, keep_all=False):
-            self.stats.tokens_prefilled += int((mask[:, -ids.shape[1] :]).sum())
-            return self.model(
-                input_ids=ids.to(dev),
-                attention_mask=mask.to(dev),
-                position_ids=pos.to(dev),
-                **{self._ckw: cache},
-                use_cache=True,
-                logits_to_keep=ids.shape[1] if keep_all else 1,
-            ).logits
-
-        def middle_batch(parts: list[list[int]]):
-            width = max(1, max(len(p) for p in parts))
-            ids = torch.full((len(parts), width), self.pad_id, dtype=torch.long)
-            m = torch.zeros((len(parts), width), dtype=torch.long)
-            for r, p in enumerate(parts):
-                if p:
-                    ids[r, width - len(p) :] = torch.tensor(p)
-                    m[r, width - len(p) :] = 1
-            return ids, m
+        fwd = self._fwd
+        pad = self.pad_id
 
         with torch.inference_mode():
             # level 0: the prefix every prompt shares, once
@@ -378,7 +347,7 @@ class TransformersBackend:
             mask = mask0.expand(G, -1)
             real = torch.full((G, 1), p0, dtype=torch.long)
             if any(gparts):
-                gids, gm = middle_batch(gparts)
+                gids, gm = _left_pad(gparts, pad)
                 gpos = real + (gm.cumsum(-1) - 1).clamp(min=0)
                 mask = torch.cat([mask, gm], dim=1)
                 fwd(gids, mask, gpos, cache)
@@ -391,10 +360,10 @@ class TransformersBackend:
             sparts = []
             for g, (a, b, lg) in enumerate(groups):
                 sparts.extend(seqs[r][lg:] for r in range(a, b))
-            sids, sm = middle_batch(sparts)
+            sids, sm = _left_pad(sparts, pad)
             spos = real + (sm.cumsum(-1) - 1).clamp(min=0)
             mask = torch.cat([mask, sm], dim=1)
-            last = fwd(sids, mask, spos, cache)[:, -1, :].float()
+            last = fwd(sids, mask, spos, cache)
             real = real + sm.sum(-1, keepdim=True)
             first_lp = torch.log_softmax(last, dim=-1).cpu()
             return self._candidate_logprobs(first_lp, variants, cache, mask, real, B)
@@ -403,54 +372,58 @@ class TransformersBackend:
         """Log-prob of each candidate: log-sum-exp over its spellings, minus the mass of longer candidates it prefixes."""
         import torch
 
-        dev = self.device
-        seq_lp: dict[tuple[int, ...], torch.Tensor] = {}
-        all_seqs = {tuple(s) for v in variants for s in v}
-        for s in all_seqs:
-            seq_lp[s] = first_lp[:, s[0]].clone()
+        all_seqs = sorted({tuple(s) for v in variants for s in v})
+        col = {s: i for i, s in enumerate(all_seqs)}
+        seq_lp = first_lp[:, [s[0] for s in all_seqs]].clone()  # (B, n_seqs)
         multi = sorted({s[:d] for s in all_seqs if len(s) > 1 for d in range(1, len(s))}, key=len)
         base_len = cache.get_seq_length()
-        for pref in multi:
-            ext = [s for s in all_seqs if len(s) > len(pref) and s[: len(pref)] == pref]
+        for pref in multi:  # one extra pass per distinct multi-token prefix (" 1" -> " ", "10" -> "1")
             ids = torch.tensor([list(pref)] * B, dtype=torch.long)
             m = torch.cat([mask, torch.ones((B, len(pref)), dtype=torch.long)], dim=1)
             pos = real + torch.arange(len(pref))[None]
             with torch.inference_mode():
-                lg = self.model(input_ids=ids.to(dev), attention_mask=m.to(dev), position_ids=pos.to(dev), **{self._ckw: cache}, use_cache=True, logits_to_keep=1).logits
+                lp = torch.log_softmax(self._fwd(ids, m, pos, cache, count=False), dim=-1).cpu()
             _crop_cache(cache, base_len)
-            lp = torch.log_softmax(lg[:, -1, :].float(), dim=-1).cpu()
-            for s in ext:
-                if len(s) == len(pref) + 1:
-                    seq_lp[s] = seq_lp[s] + lp[:, s[len(pref)]]
-        out: list[list[float | None]] = []
+            for s in all_seqs:
+                if len(s) == len(pref) + 1 and s[: len(pref)] == pref:
+                    seq_lp[:, col[s]] += lp[:, s[-1]]
+        probs = seq_lp.double().exp()
         cand_seqs = [[tuple(s) for s in v] for v in variants]
-        for b in range(B):
-            probs = []
-            for k, seqs in enumerate(cand_seqs):
-                p = sum(math.exp(float(seq_lp[s][b])) for s in seqs)
-                # subtract longer candidates that start with one of this candidate's spellings ("10" after "1")
-                longer = {
-                    t for j, other in enumerate(cand_seqs) if j != k for t in other for s in seqs if len(t) > len(s) and t[: len(s)] == s
-                }
-                p_ex = p - sum(math.exp(float(seq_lp[t][b])) for t in longer)
-                probs.append(max(p_ex, p * 1e-6, 1e-30))
-            out.append([math.log(p) for p in probs])
-        return out
+        out = torch.empty((B, len(cand_seqs)), dtype=torch.float64)
+        for k, seqs in enumerate(cand_seqs):
+            p = probs[:, [col[s] for s in seqs]].sum(-1)
+            # subtract longer candidates that start with one of this candidate's spellings ("10" after "1")
+            longer = sorted({t for j, other in enumerate(cand_seqs) if j != k for t in other for s in seqs if len(t) > len(s) and t[: len(s)] == s})
+            p_ex = p - probs[:, [col[t] for t in longer]].sum(-1) if longer else p
+            out[:, k] = torch.maximum(p_ex, torch.clamp(p * 1e-6, min=1e-30)).log()
+        return out.tolist()
 
     def _score_sequences_single(self, seq: list[int], variants) -> list[list[float | None]]:
         import torch
         from transformers import DynamicCache
 
         cache = DynamicCache()
-        with torch.inference_mode():
-            lg = self.model(input_ids=torch.tensor([seq], device=self.device), **{self._ckw: cache}, use_cache=True, logits_to_keep=1).logits
-        self.stats.tokens_prefilled += len(seq)
-        first_lp = torch.log_softmax(lg[:, -1, :].float(), dim=-1).cpu()
         mask = torch.ones((1, len(seq)), dtype=torch.long)
+        with torch.inference_mode():
+            first_lp = torch.log_softmax(self._fwd(torch.tensor([seq]), mask, torch.arange(len(seq))[None], cache), dim=-1).cpu()
         return self._candidate_logprobs(first_lp, variants, cache, mask, torch.tensor([[len(seq)]]), 1)
 
     def close(self) -> None:
         pass
+
+
+def _left_pad(parts: list[list[int]], pad_id: int):
+    """(ids, mask) with each row right-aligned; empty rows are all padding."""
+    import torch
+
+    width = max(1, max(len(p) for p in parts))
+    ids = torch.full((len(parts), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(parts), width), dtype=torch.long)
+    for r, p in enumerate(parts):
+        if p:
+            ids[r, width - len(p) :] = torch.tensor(p)
+            mask[r, width - len(p) :] = 1
+    return ids, mask
 
 
 def _crop_cache(cache, length: int) -> None:
