@@ -107,6 +107,11 @@ class Constitution(StrictModel):
     def sha256(self) -> str:
         return hashlib.sha256(self.model_dump_json().encode()).hexdigest()
 
+    @property
+    def full_version(self) -> str:
+        """Version plus content hash: recorded on rows and part of batch keys."""
+        return f"{self.version}+{self.sha256[:12]}"
+
     def sample_pair(self, rng: random.Random) -> CritiqueRevision:
         if not self.critique_revision:
             raise ConfigError(f"constitution {self.id} has no critique_revision pairs; add some or use another file")

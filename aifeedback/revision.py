@@ -78,7 +78,7 @@ class ReviseJob:
 
     def __post_init__(self):
         self.constitution, _ = load_constitution(self.cfg.constitution)
-        self.constitution_version = f"{self.constitution.version}+{self.constitution.sha256[:12]}"
+        self.constitution_version = self.constitution.full_version
         self._filter = re.compile(self.cfg.filter_regex, re.IGNORECASE) if self.cfg.filter_regex else None
 
     def item_id(self, item: dict) -> str:

@@ -33,14 +33,14 @@ def label_flow(run_dir: str = "runs/default", config_path: str | None = None, ov
         parallel=parallel,
         extra_manifest={"template": job.template.model_dump(), "constitution_id": job.constitution.id if job.constitution else None, "constitution_version": job.constitution_version},
     )
-    if summary["complete"]:
-        rows = store.read_table("labels").to_pylist()
-        ranks = rankings(rows)
+    if summary["complete"] and not cfg.input:  # listwise: only pairs built from this run's responses
+        ranks = rankings(store.read_table("labels").to_pylist())
         if ranks:
             import pyarrow as pa
             import pyarrow.parquet as pq
 
             pq.write_table(pa.Table.from_pylist(ranks), store.root / "labels_rankings.parquet")
             summary["rankings"] = str(store.root / "labels_rankings.parquet")
+    if summary["complete"]:
         print(f"labels: {summary['n_in']} pairs in = {summary['n_out']} labelled + {summary['n_excluded']} excluded")
     return summary

@@ -94,7 +94,7 @@ class LabelJob:
         self.template = load_template(cfg.template or cfg.method)
         if cfg.constitution:
             self.constitution, _ = load_constitution(cfg.constitution)
-            self.constitution_version = f"{self.constitution.version}+{self.constitution.sha256[:12]}"
+            self.constitution_version = self.constitution.full_version
 
     def item_id(self, item: dict) -> str:
         return item["pair_id"]

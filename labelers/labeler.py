@@ -98,7 +98,8 @@ class Labeler:
             return {"context": f["context"], "response_1": f["b"], "response_2": f["a"]}
         return {"context": f["context"], "response": f["a"] if order == "A" else f["b"]}
 
-    def _content_free_prior(self, question: str | None, order: str) -> list[float] | None:
+    def _content_free_prior(self, question: str | None) -> list[float] | None:
+        """P(option) on content-free samples; both responses are the same placeholder, so one prior serves both orders."""
         cands = self.template.candidates
         fields = [
             {"context": cf, "response_1": cf, "response_2": cf} if self.template.kind == "pairwise" else {"context": cf, "response": cf}
@@ -132,12 +133,10 @@ class Labeler:
             i, pi, o = slot
             prompts.append(tpl.prompt(self._sample_fields(prepared[i].fields, o), prepared[i].principles[pi][1], cfg.few_shot, rationales.get(slot) if cfg.cot else None))
         results = self.backend.choice_probs(prompts, tpl.candidates) if prompts else []
-        priors: dict[tuple, list[float] | None] = {}
+        priors: dict[str | None, list[float] | None] = {}
         if cfg.calibrate:
-            for i, pi, o in slots:
-                q = prepared[i].principles[pi][1]
-                if (q, o if tpl.kind == "pairwise" else "-") not in priors:
-                    priors[(q, o if tpl.kind == "pairwise" else "-")] = self._content_free_prior(q, o)
+            for q in {prepared[i].principles[pi][1] for i, pi, _ in slots}:
+                priors[q] = self._content_free_prior(q)
         by_pair: dict[int, list] = {}
         for slot, res in zip(slots, results):
             by_pair.setdefault(slot[0], []).append((slot, res))
@@ -162,8 +161,8 @@ class Labeler:
             dist = {}
             for (i, pi, o), r in entries:
                 probs = r.probs
-                if cfg.calibrate and priors.get((None, "-")):
-                    probs = calibrate(probs, priors[(None, "-")])
+                if cfg.calibrate and priors.get(None):
+                    probs = calibrate(probs, priors[None])
                 dist[o] = probs
             sa, sb = expected_score(dist["A"], cands), expected_score(dist["B"], cands)
             p_a = p_greater(dist["A"], dist["B"])
@@ -174,8 +173,8 @@ class Labeler:
             per_principle: dict[int, dict[str, float]] = {}
             for (i, pi, o), r in entries:
                 probs = r.probs
-                if cfg.calibrate and priors.get((p.principles[pi][1], o)):
-                    probs = calibrate(probs, priors[(p.principles[pi][1], o)])
+                if cfg.calibrate and priors.get(p.principles[pi][1]):
+                    probs = calibrate(probs, priors[p.principles[pi][1]])
                 pa = probs[0] if o == "AB" else probs[1]  # P(A better) in this order
                 if cfg.cot and cfg.cot_clamp:
                     pa = min(max(pa, cfg.cot_clamp[0]), cfg.cot_clamp[1])

@@ -66,6 +66,11 @@ def load_policy(model_id: str):
     return AutoModelForCausalLM.from_pretrained(path), tok
 
 
+def _trl_args(out_dir: str, lr: float, seed: int) -> dict:
+    """Arguments every TRL trainer here shares: CPU-safe fp32, no hub, no checkpoints, a log line per step."""
+    return dict(output_dir=out_dir, use_cpu=True, report_to=[], logging_steps=1, save_strategy="no", bf16=False, learning_rate=lr, seed=seed)
+
+
 def train_grpo(cfg: RLConfig, prompts: list[list[dict]], out_dir: str, reward_fn: Callable | None = None, model=None, tokenizer=None) -> dict:
     """A few GRPO steps; returns the reward curve (mean reward per logged step) and the trainer state."""
     from datasets import Dataset
@@ -81,19 +86,12 @@ def train_grpo(cfg: RLConfig, prompts: list[list[dict]], out_dir: str, reward_fn
     if model is None:
         model, tokenizer = load_policy(cfg.policy)
     args = GRPOConfig(
-        output_dir=out_dir,
-        use_cpu=True,
-        report_to=[],
+        **_trl_args(out_dir, cfg.lr, cfg.seed),
         beta=cfg.kl_beta,
         num_generations=cfg.num_generations,
         max_completion_length=cfg.max_completion_length,
-        per_device_train_batch_size=cfg.batch_size * cfg.num_generations if cfg.batch_size * cfg.num_generations >= cfg.num_generations else cfg.num_generations,
+        per_device_train_batch_size=cfg.batch_size * cfg.num_generations,  # completions per step: prompts x group size
         max_steps=cfg.max_steps,
-        learning_rate=cfg.lr,
-        logging_steps=1,
-        seed=cfg.seed,
-        save_strategy="no",
-        bf16=False,
     )
     ds = Dataset.from_list([{"prompt": p} for p in prompts])
     trainer = GRPOTrainer(model=model, reward_funcs=reward_fn, args=args, train_dataset=ds, processing_class=tokenizer)
@@ -123,20 +121,13 @@ def train_dpo(cfg: DPOTrainConfig, rows: list[dict], out_dir: str, label_smoothi
     if model is None:
         model, tokenizer = load_policy(cfg.policy)
     args = DPOConfig(
-        output_dir=out_dir,
-        use_cpu=True,
-        report_to=[],
+        **_trl_args(out_dir, cfg.lr, cfg.seed),
         beta=cfg.beta,
         label_smoothing=label_smoothing,
         num_train_epochs=cfg.epochs,
         max_steps=cfg.max_steps,
         per_device_train_batch_size=cfg.batch_size,
         max_length=cfg.max_length,
-        learning_rate=cfg.lr,
-        logging_steps=1,
-        seed=cfg.seed,
-        save_strategy="no",
-        bf16=False,
     )
     trainer = DPOTrainer(model=model, args=args, train_dataset=Dataset.from_list(rows), processing_class=tokenizer)
     trainer.train()

@@ -5,11 +5,8 @@ from __future__ import annotations
 from ..config import BackendConfig
 from .base import Backend, BackendStats, Capabilities, ChoiceResult, Completion, GenerationResult, ScoringPrompt
 
-_INSTANCES: dict[str, Backend] = {}
-
-
 def make_backend(cfg: BackendConfig) -> Backend:
-    """Build the backend a config names; in-process models load once per process."""
+    """Build the backend a config names. Pipelines use :func:`aifeedback.stage.cached_backend`, which keeps one per config."""
     if cfg.kind == "transformers":
         from .hf_local import TransformersBackend
 
@@ -21,10 +18,7 @@ def make_backend(cfg: BackendConfig) -> Backend:
     if cfg.kind == "vllm":
         from .vllm_engine import VLLMBackend
 
-        key = cfg.model_dump_json()
-        if key not in _INSTANCES:  # a vLLM engine owns the GPU: one per process
-            _INSTANCES[key] = VLLMBackend(cfg)
-        return _INSTANCES[key]
+        return VLLMBackend(cfg)  # one engine per process: callers go through stage.cached_backend
     raise ValueError(f"unknown backend kind {cfg.kind!r}; use transformers, openai or vllm")
 
 
