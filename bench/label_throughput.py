@@ -46,9 +46,9 @@ def load_pairs(n: int) -> tuple[list[dict], str]:
     return pairs, "data/prompts (canned responses)"
 
 
-def naive_label(backend, labeler, pairs) -> list[float]:
-    """Both orders, one full forward pass each, batch 1."""
-    out = []
+def naive_label(backend, labeler, pairs) -> tuple[list[float], int]:
+    """Both orders, one full forward pass each, batch 1. Returns (p(A>B) per pair, tokens computed)."""
+    out, tokens = [], 0
     cands = labeler.template.candidates
     variants = backend.candidate_variants(cands)
     for pair in pairs:
@@ -57,6 +57,7 @@ def naive_label(backend, labeler, pairs) -> list[float]:
         for order in ("AB", "BA"):
             sp = labeler.template.prompt(labeler._sample_fields(prep.fields, order))
             ids = backend.encode(backend.render(sp.messages) + sp.answer_prefix)
+            tokens += len(ids)
             lps = backend._score_sequences_single(ids, variants)[0]
             import math
 
@@ -64,7 +65,7 @@ def naive_label(backend, labeler, pairs) -> list[float]:
             probs = [x / sum(e) for x in e]
             ps.append(probs[0] if order == "AB" else probs[1])
         out.append(sum(ps) / 2)
-    return out
+    return out, tokens
 
 
 def main() -> None:
@@ -95,7 +96,7 @@ def main() -> None:
 
     sub = pairs[: args.naive_pairs]
     t0 = time.perf_counter()
-    naive_p = naive_label(backend, labeler, sub)
+    naive_p, naive_tokens = naive_label(backend, labeler, sub)
     naive_s = time.perf_counter() - t0
     naive = len(sub) / naive_s
     ours_p = {r["pair_id"]: r["p_a"] for r in rows}
@@ -103,7 +104,7 @@ def main() -> None:
 
     roofline = flops / (2 * n_params * needed_tokens / len(rows))
     print(f"pairs: {len(rows)} from {source}; model params {n_params / 1e6:.1f} M; torch threads {torch.get_num_threads()}")
-    print(f"fp32 GEMM measured: {flops / 1e9:.1f} GFLOP/s; tokens that must be computed: {needed_tokens / len(rows):.0f} per pair")
+    print(f"fp32 GEMM measured: {flops / 1e9:.1f} GFLOP/s; tokens computed per pair: {needed_tokens / len(rows):.0f} (aifeedback), {naive_tokens / len(sub):.0f} (naive)")
     print("| labeller | pairs/s | ratio |")
     print("|---|---|---|")
     print(f"| naive both-order (batch 1, no prefix reuse) | {naive:.3f} | 1.00x |")
