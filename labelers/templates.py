@@ -2,7 +2,8 @@
 
 Texts from the data are placed inside tags; any tag of ours that appears inside
 a text is neutralised first, so a response cannot close its own block and pass
-for the template.
+for the template. ``neutralise_tags: false`` turns that off; it exists only so
+that ``bench/prompt_injection.py`` can measure what the guard buys.
 """
 
 from __future__ import annotations
@@ -55,6 +56,7 @@ class Template(StrictModel):
     candidates: list[str]
     cot_request: str
     exemplars: list[Exemplar] = Field(default_factory=list)
+    neutralise_tags: bool = Field(True, description="Defuse our delimiter tags inside data texts; false only to measure the guard (bench/prompt_injection.py).")
 
     @model_validator(mode="after")
     def _check(self) -> "Template":
@@ -77,22 +79,27 @@ class Template(StrictModel):
 
     @property
     def fingerprint(self) -> str:
-        return hashlib.sha256(self.model_dump_json().encode()).hexdigest()[:12]
+        # the default (guarded) leaves the field out, so templates from before it existed keep their fingerprint
+        exclude = {"neutralise_tags"} if self.neutralise_tags else None
+        return hashlib.sha256(self.model_dump_json(exclude=exclude).encode()).hexdigest()[:12]
 
     @property
     def full_version(self) -> str:
         return f"{self.id}@{self.version}+{self.fingerprint}"
 
     # rendering ----------------------------------------------------------------
+    def _data(self, text: str) -> str:
+        return neutralise(text) if self.neutralise_tags else text
+
     def _few_shot(self, question: str) -> str:
         parts = []
         for ex in self.exemplars:
-            fields = {k: neutralise(v) for k, v in ex.model_dump().items() if v is not None}
+            fields = {k: self._data(v) for k, v in ex.model_dump().items() if v is not None}
             parts.append(self.exemplar.format(question=question, **fields).strip())
         return ("Here are examples of good ratings.\n\n" + "\n\n".join(parts) + "\n\nNow the material to rate.\n\n") if parts else ""
 
     def _system_and_user(self, question: str, few_shot: bool, sample_fields: dict) -> tuple[str, str]:
-        sample = self.sample.format(**{k: neutralise(v) for k, v in sample_fields.items()}).strip()
+        sample = self.sample.format(**{k: self._data(v) for k, v in sample_fields.items()}).strip()
         user = (self._few_shot(question) if few_shot else "") + sample
         return self.preamble.strip(), user
 
