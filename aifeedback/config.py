@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
@@ -23,8 +24,9 @@ class StrictModel(BaseModel):
 
 
 class BackendConfig(StrictModel):
-    kind: Literal["transformers", "openai", "vllm"] = Field(
-        "transformers", description="Which backend runs the model: transformers (in-process), openai (any OpenAI-compatible endpoint) or vllm (offline engine)."
+    kind: str = Field(
+        "transformers",
+        description="Which backend runs the model: transformers (in-process), openai (any OpenAI-compatible endpoint), vllm (offline engine), or module:Class for your own class implementing the backend protocol.",
     )
     model: str = Field(DEFAULT_POLICY, description="Model id: an embedded name, a local folder or a Hugging Face id (the served model name for openai).")
     # transformers
@@ -49,6 +51,13 @@ class BackendConfig(StrictModel):
     tensor_parallel_size: int = Field(1, ge=1, description="vllm: GPUs per model replica (tensor parallel).")
     data_parallel_size: int = Field(1, ge=1, description="vllm: model replicas (data parallel).")
     gpu_memory_utilization: float = Field(0.9, gt=0, le=1, description="vllm: fraction of GPU memory the engine may take.")
+
+    @field_validator("kind")
+    @classmethod
+    def _kind(cls, v: str) -> str:
+        if v not in ("transformers", "openai", "vllm") and not re.fullmatch(r"[A-Za-z_][\w.]*:[A-Za-z_]\w*", v):
+            raise ValueError(f"backend kind must be transformers, openai, vllm or module:Class (an importable backend class), got {v!r}")
+        return v
 
     @field_validator("base_url")
     @classmethod

@@ -8,8 +8,12 @@ per-process cache, so the model loads once per worker.
 
 from __future__ import annotations
 
+import contextlib
+import os
+import threading
 import time
 from dataclasses import dataclass, field
+from collections.abc import Iterable, Iterator
 from typing import Any, Protocol
 
 import pyarrow as pa
@@ -19,14 +23,25 @@ from .config import BackendConfig
 from .store import RunStore, batch_key
 
 _BACKENDS: dict[str, Backend] = {}
+_LOCKS: dict[int, threading.Lock] = {}
+_CREATE = threading.Lock()
 
 
 def cached_backend(cfg: BackendConfig) -> Backend:
-    """One backend per config per process."""
+    """One backend per config per process (thread-safe: a thread runner loads the model once)."""
     key = cfg.model_dump_json()
-    if key not in _BACKENDS:
-        _BACKENDS[key] = make_backend(cfg)
-    return _BACKENDS[key]
+    with _CREATE:
+        if key not in _BACKENDS:
+            _BACKENDS[key] = make_backend(cfg)
+            _LOCKS[id(_BACKENDS[key])] = threading.Lock()
+        return _BACKENDS[key]
+
+
+def backend_turn(backend: Backend):
+    """A context that serialises calls into an in-process model across threads (remote backends run concurrently)."""
+    if backend.capabilities.in_process and id(backend) in _LOCKS:
+        return _LOCKS[id(backend)]
+    return contextlib.nullcontext()
 
 
 class StageJob(Protocol):
@@ -41,11 +56,19 @@ class StageJob(Protocol):
 
 
 @dataclass(slots=True)
+class Excluded:
+    """An input item that became an exclusion row before reaching the model (bad row, duplicate id...)."""
+
+    row: dict
+
+
+@dataclass(slots=True)
 class Batch:
     index: int
     key: str
     items: list[Any]
     done: bool
+    excluded: list[dict] = field(default_factory=list)  # input exclusions only (an exclusion batch has no items)
 
 
 @dataclass(slots=True)
@@ -54,27 +77,61 @@ class BatchResult:
     n_rows: int
     n_excluded: int
     computed: bool
-    seconds: float = 0.0
-    stats: dict = field(default_factory=dict)
+    seconds: float = 0.0  # whole batch, inside the worker
+    stats: dict = field(default_factory=dict)  # model_calls, retries, model_s (backend), write_s (run store)
+
+
+def iter_batches(store: RunStore, job: StageJob, items: Iterable[Any], batch_size: int) -> Iterator[Batch]:
+    """Cut a stream of items (and :class:`Excluded` rows) into keyed batches, holding one batch at a time.
+
+    Input exclusions travel in batches of their own, keyed by their item ids, so a
+    million-row input never has to sit in memory.
+    """
+    cfg, model, tv = job.key_config(), job.model_id(), job.template_version()
+    chunk: list[Any] = []
+    excl: list[dict] = []
+    index = 0
+
+    def make(ids: list[str], what: Any, rows: list[Any], ex: list[dict]) -> Batch:
+        nonlocal index
+        key = batch_key(job.stage, ids, what, model if rows else "", tv if rows else "")
+        b = Batch(index, key, rows, store.has(job.stage, key), ex)
+        index += 1
+        return b
+
+    for it in items:
+        if isinstance(it, Excluded):
+            excl.append(it.row)
+            if len(excl) >= batch_size:
+                yield make([e["item_id"] for e in excl], "input-exclusions", [], excl)
+                excl = []
+            continue
+        chunk.append(it)
+        if len(chunk) >= batch_size:
+            yield make([job.item_id(x) for x in chunk], cfg, chunk, [])
+            chunk = []
+    if chunk:
+        yield make([job.item_id(x) for x in chunk], cfg, chunk, [])
+    if excl:
+        yield make([e["item_id"] for e in excl], "input-exclusions", [], excl)
 
 
 def plan(store: RunStore, job: StageJob, items: list[Any], batch_size: int) -> list[Batch]:
-    batches = []
-    cfg = job.key_config()
-    for i in range(0, len(items), batch_size):
-        chunk = items[i : i + batch_size]
-        key = batch_key(job.stage, [job.item_id(x) for x in chunk], cfg, job.model_id(), job.template_version())
-        batches.append(Batch(i // batch_size, key, chunk, store.has(job.stage, key)))
-    return batches
+    return list(iter_batches(store, job, items, batch_size))
 
 
 def run_batch(store_root: str, job: StageJob, batch: Batch) -> BatchResult:
     """Compute one batch and write its shards, unless its shard already exists."""
-    store = RunStore(store_root)
+    store = RunStore(store_root, probe=False)
     if store.has(job.stage, batch.key):
         return BatchResult(batch.key, -1, -1, computed=False)
     t0 = time.perf_counter()
+    if not batch.items:  # input exclusions only: no model
+        store.write_batch(job.stage, batch.key, [], job.schema, batch.excluded)
+        dt = time.perf_counter() - t0
+        return BatchResult(batch.key, 0, len(batch.excluded), True, dt, {"write_s": dt})
     rows, excluded, stats = job.compute(batch.items, batch.key)
+    t1 = time.perf_counter()
     n_in = len(batch.items)
     accounted = len({r["__item__"] for r in rows if "__item__" in r}) if rows and "__item__" in rows[0] else None
     for r in rows:
@@ -82,4 +139,6 @@ def run_batch(store_root: str, job: StageJob, batch: Batch) -> BatchResult:
     if accounted is not None and accounted + len(excluded) != n_in:
         raise AssertionError(f"batch {batch.key}: {n_in} items in, {accounted} produced + {len(excluded)} excluded")
     store.write_batch(job.stage, batch.key, rows, job.schema, excluded)
-    return BatchResult(batch.key, len(rows), len(excluded), True, time.perf_counter() - t0, stats)
+    t2 = time.perf_counter()
+    stats = {**stats, "compute_s": t1 - t0, "write_s": t2 - t1, "pid": os.getpid()}
+    return BatchResult(batch.key, len(rows), len(excluded), True, t2 - t0, stats)

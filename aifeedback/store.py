@@ -36,6 +36,11 @@ class StoreError(AIFeedbackError):
     pass
 
 
+def _table(rows: list[dict], schema: pa.Schema) -> pa.Table:
+    """Rows -> table, column by column (about 3x faster than ``from_pylist`` for nested columns)."""
+    return pa.Table.from_pydict({f.name: [r.get(f.name) for r in rows] for f in schema}, schema=schema)
+
+
 def batch_key(stage: str, input_ids: list[str], stage_config: Any, model_id: str, template_version: str = "") -> str:
     blob = json.dumps(
         {"stage": stage, "ids": list(input_ids), "config": stage_config, "model": model_id, "template": template_version},
@@ -46,13 +51,15 @@ def batch_key(stage: str, input_ids: list[str], stage_config: Any, model_id: str
 
 
 class RunStore:
-    def __init__(self, root: str | Path):
+    def __init__(self, root: str | Path, probe: bool = True):
         self.root = Path(root).expanduser().resolve()
+        if not probe:  # batch workers: the flow has probed already
+            return
         try:
             self.root.mkdir(parents=True, exist_ok=True)
-            probe = self.root / ".write-probe"
-            probe.write_text("ok")
-            probe.unlink()
+            fd, tmp = tempfile.mkstemp(prefix=".write-probe.", dir=self.root)
+            os.close(fd)
+            os.unlink(tmp)
         except OSError as exc:
             raise StoreError(f"run directory {self.root} is not writable ({exc.strerror}); pass --run-dir with a writable folder") from None
 
@@ -90,8 +97,8 @@ class RunStore:
     def write_batch(self, stage: str, key: str, rows: list[dict], schema: pa.Schema, excluded: list[dict] | None = None) -> None:
         """Write one batch atomically: exclusions first, then rows (whose file marks the batch done)."""
         ex = [dict(e, batch_key=key) for e in (excluded or [])]
-        self._atomic_write_table(pa.Table.from_pylist(ex, schema=EXCLUSIONS), self.excluded_path(stage, key))
-        self._atomic_write_table(pa.Table.from_pylist(rows, schema=schema), self.shard_path(stage, key))
+        self._atomic_write_table(_table(ex, EXCLUSIONS), self.excluded_path(stage, key))
+        self._atomic_write_table(_table(rows, schema), self.shard_path(stage, key))
 
     def write_json(self, name: str, data: dict) -> Path:
         dest = self.root / name

@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
+import itertools
+import os
 import time
+from collections import deque
+from collections.abc import Iterable
 from typing import Any
 
 import pyarrow.parquet as pq
@@ -11,8 +16,8 @@ from prefect.cache_policies import NO_CACHE
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from aifeedback.provenance import git_commit, library_versions
-from aifeedback.stage import Batch, BatchResult, StageJob, plan, run_batch
-from aifeedback.store import RunStore, batch_key
+from aifeedback.stage import Batch, BatchResult, Excluded, StageJob, iter_batches, run_batch
+from aifeedback.store import RunStore
 
 
 @task(name="stage-batch", cache_policy=NO_CACHE, task_run_name="{job.stage}-{batch.index}")
@@ -28,15 +33,22 @@ def _rows(path) -> int:
 def execute_stage(
     store: RunStore,
     job: StageJob,
-    items: list[Any],
+    items: Iterable[Any],
     batch_size: int,
     input_excluded: list[dict] | None = None,
     max_batches: int | None = None,
-    parallel: bool = False,
+    task_runner: Any = None,
+    max_in_flight: int = 4,
     extra_manifest: dict | None = None,
     show_progress: bool = True,
 ) -> dict:
-    """Run every missing batch of a stage, then write the stage manifest. Returns a summary."""
+    """Run every missing batch of a stage, then write the stage manifest. Returns a summary.
+
+    ``items`` may be a generator (with :class:`Excluded` rows mixed in): batches are
+    cut as it is read. With a ``task_runner`` (see :func:`make_task_runner`) batches
+    run as its tasks (threads, or Ray workers that each write their own shards), at
+    most ``max_in_flight`` at once, so memory stays flat at any size.
+    """
     t0 = time.perf_counter()
     try:
         log = get_run_logger()
@@ -44,29 +56,39 @@ def execute_stage(
         import logging
 
         log = logging.getLogger("aifeedback")
-    batches = plan(store, job, items, batch_size)
-    todo = [b for b in batches if not b.done]
-    if max_batches is not None:
-        todo = todo[:max_batches]
-    log.info("%s: %d items in %d batches, %d to compute", job.stage, len(items), len(batches), len(todo))
+    stream = itertools.chain((Excluded(e) for e in input_excluded or []), items)
+    keys: list[str] = []
     results: list[BatchResult] = []
-    with Progress(TextColumn(f"[bold]{job.stage}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), disable=not show_progress) as bar:
-        tid = bar.add_task(job.stage, total=len(todo))
-        if parallel and todo:
-            futures = [stage_batch.submit(str(store.root), job, b) for b in todo]
-            for f in futures:
-                results.append(f.result())
-                bar.advance(tid)
-        else:
-            for b in todo:
+    pending: deque = deque()
+    n_in = n_batches = n_submitted = 0
+    runner_ctx = task_runner if task_runner is not None else contextlib.nullcontext()
+    with runner_ctx, Progress(TextColumn(f"[bold]{job.stage}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), disable=not show_progress) as bar:
+        tid = bar.add_task(job.stage, total=None)
+        for b in iter_batches(store, job, stream, batch_size):
+            n_in += len(b.items) + len(b.excluded)
+            keys.append(b.key)
+            if not b.items:  # input exclusions: no model, no task
+                if not b.done:
+                    run_batch(str(store.root), job, b)
+                continue
+            n_batches += 1
+            if b.done:
+                continue
+            if max_batches is not None and n_submitted >= max_batches:
+                continue
+            n_submitted += 1
+            if task_runner is not None:
+                pending.append(task_runner.submit(stage_batch, parameters={"store_root": str(store.root), "job": job, "batch": b}))
+                while len(pending) >= max_in_flight:
+                    results.append(pending.popleft().result())
+                    bar.advance(tid)
+            else:
                 results.append(stage_batch(str(store.root), job, b))
                 bar.advance(tid)
-    keys = [b.key for b in batches]
-    if input_excluded:
-        ikey = batch_key(job.stage, [e["item_id"] for e in input_excluded], "input-exclusions", "", "")
-        if not store.has(job.stage, ikey):
-            store.write_batch(job.stage, ikey, [], job.schema, input_excluded)
-        keys.append(ikey)
+        while pending:
+            results.append(pending.popleft().result())
+            bar.advance(tid)
+    log.info("%s: %d items in %d batches, %d computed", job.stage, n_in, n_batches, sum(1 for r in results if r.computed))
     complete = all(store.has(job.stage, k) for k in keys)
     n_rows = sum(_rows(store.shard_path(job.stage, k)) for k in keys if store.has(job.stage, k))
     n_excl = sum(_rows(store.excluded_path(job.stage, k)) for k in keys if store.has(job.stage, k))
@@ -75,15 +97,17 @@ def execute_stage(
         "stage": job.stage,
         "run_dir": str(store.root),
         "complete": complete,
-        "n_in": len(items) + len(input_excluded or []),
+        "n_in": n_in,
         "n_out": n_rows,
         "n_excluded": n_excl,
-        "batches": len(batches),
+        "batches": n_batches,
         "batches_computed": sum(1 for r in results if r.computed),
         "model_calls": calls,
         "retries": sum(r.stats.get("retries", 0) for r in results if r.computed),
-        "model_seconds": round(sum(r.seconds for r in results), 3),
+        "model_seconds": round(sum(r.stats.get("model_s", r.stats.get("compute_s", 0.0)) for r in results), 3),
+        "store_seconds": round(sum(r.stats.get("write_s", 0.0) for r in results), 3),
         "seconds": round(time.perf_counter() - t0, 3),
+        "worker_processes": len({r.stats["pid"] for r in results if "pid" in r.stats}),
     }
     if complete:
         store.write_manifest(
@@ -101,3 +125,35 @@ def execute_stage(
         )
     log.info("%s: %s", job.stage, {k: summary[k] for k in ("n_in", "n_out", "n_excluded", "batches_computed", "model_calls")})
     return summary
+
+
+RUNNERS = ("sequential", "threads", "ray")
+
+
+def make_task_runner(runner: str, workers: int | None = None, ray_address: str | None = None):
+    """The Prefect task runner that runs a stage's batches: None (sequential, in this process), threads or Ray.
+
+    Ray: a local cluster of ``workers`` CPUs by default, or the cluster at
+    ``ray_address`` (``auto`` or ``ray://HOST:10001``). A Ray task costs about
+    250 ms here against 11 ms for a thread, so batches should be large shards.
+    """
+    if runner == "sequential":
+        return None
+    if runner == "threads":
+        from prefect.task_runners import ThreadPoolTaskRunner
+
+        return ThreadPoolTaskRunner(max_workers=workers or 4)
+    if runner == "ray":
+        try:
+            from prefect_ray import RayTaskRunner
+        except ImportError:
+            from aifeedback.errors import ConfigError
+
+            raise ConfigError("runner ray needs prefect-ray: pip install 'aifeedback[ray]'") from None
+        init: dict = {"include_dashboard": False, "log_to_driver": False}
+        if not ray_address:
+            init["num_cpus"] = workers or os.cpu_count() or 1
+        return RayTaskRunner(address=ray_address, init_kwargs=init)
+    from aifeedback.errors import ConfigError
+
+    raise ConfigError(f"unknown runner {runner!r}; use one of {RUNNERS}")

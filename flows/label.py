@@ -2,35 +2,47 @@
 
 from __future__ import annotations
 
+import os
+
 from prefect import flow
 
 from aifeedback.config import LabelConfig, build_config
 from aifeedback.store import RunStore
-from labelers.job import LabelJob, load_pairs, pairs_from_responses
+from labelers.job import LabelJob, iter_pairs, pairs_from_responses
 from labelers.views import rankings
 
-from .common import execute_stage
+from .common import execute_stage, make_task_runner
 
 
 @flow(name="label", log_prints=True)
-def label_flow(run_dir: str = "runs/default", config_path: str | None = None, overrides: dict | None = None, max_batches: int | None = None, parallel: bool = False) -> dict:
-    """Label every pair (both orders by default); re-runs compute only missing batches."""
+def label_flow(
+    run_dir: str = "runs/default",
+    config_path: str | None = None,
+    overrides: dict | None = None,
+    max_batches: int | None = None,
+    runner: str = "sequential",
+    workers: int | None = None,
+    ray_address: str | None = None,
+) -> dict:
+    """Label every pair (both orders by default); re-runs compute only missing batches.
+
+    ``runner``: sequential (in this process), threads, or ray (each batch a task on a
+    Ray worker that loads the model once and writes its own shards; ``workers`` CPUs
+    of a local cluster, or the cluster at ``ray_address``). Labels do not depend on it.
+    """
     cfg = build_config(LabelConfig, config_path, overrides)
     store = RunStore(run_dir)
     job = LabelJob(cfg)
-    if cfg.input:
-        pairs, excluded = load_pairs(cfg)
-    else:
-        pairs, excluded = pairs_from_responses(store, cfg.limit), []
+    pairs = iter_pairs(cfg) if cfg.input else pairs_from_responses(store, cfg.limit)
     store.write_json("configs/label.json", cfg.model_dump(mode="json"))
     summary = execute_stage(
         store,
         job,
         pairs,
         cfg.batch_size,
-        excluded,
         max_batches=max_batches,
-        parallel=parallel,
+        task_runner=make_task_runner(runner, workers, ray_address),
+        max_in_flight=2 * (workers or os.cpu_count() or 1),
         extra_manifest={"template": job.template.model_dump(), "constitution_id": job.constitution.id if job.constitution else None, "constitution_version": job.constitution_version},
     )
     if summary["complete"] and not cfg.input:  # listwise: only pairs built from this run's responses

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import hashlib
 import itertools
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 from aifeedback.config import LabelConfig
@@ -10,16 +12,16 @@ from aifeedback.constitution import Constitution, load_constitution
 from aifeedback.errors import InputError
 from aifeedback.io import iter_rows, to_messages
 from aifeedback.records import LABELS, exclusion, stable_id
-from aifeedback.stage import cached_backend
+from aifeedback.stage import Excluded, backend_turn, cached_backend
 from aifeedback.store import RunStore
 
 from .labeler import Labeler
 from .templates import Template, load_template
 
 
-def load_pairs(cfg: LabelConfig) -> tuple[list[dict], list[dict]]:
-    """Read a pairs file -> (pairs, exclusions). Pairs: {pair_id, prompt_id, messages, response_a, response_b}."""
-    pairs, excluded, seen = [], [], set()
+def iter_pairs(cfg: LabelConfig) -> Iterator[dict | Excluded]:
+    """Stream a pairs file: pairs {pair_id, prompt_id, messages, response_a, response_b}, bad rows as :class:`Excluded`."""
+    seen: set[bytes] = set()  # 16-byte digests: a million ids cost about 100 MB less than the strings
     cols = (cfg.prompt_column, cfg.response_a_column, cfg.response_b_column)
     n = 0
     for row in iter_rows(cfg.input):
@@ -27,7 +29,7 @@ def load_pairs(cfg: LabelConfig) -> tuple[list[dict], list[dict]]:
             break
         n += 1
         if isinstance(row, tuple):
-            excluded.append(exclusion(f"row-{n}", "labels", "invalid_row", row[1]))
+            yield Excluded(exclusion(f"row-{n}", "labels", "invalid_row", row[1]))
             continue
         if n == 1:
             missing = [c for c in cols if c not in row]
@@ -37,24 +39,31 @@ def load_pairs(cfg: LabelConfig) -> tuple[list[dict], list[dict]]:
                     "Pass --prompt-column / --response-a-column / --response-b-column."
                 )
         rid = row.get(cfg.id_column) if cfg.id_column else None
-        messages, reason = to_messages(row.get(cfg.prompt_column))
-        pid = str(rid) if rid is not None else stable_id(row.get(cfg.prompt_column), row.get(cfg.response_a_column), row.get(cfg.response_b_column))
+        prompt = row.get(cfg.prompt_column)
+        messages, reason = to_messages(prompt)
+        pid = str(rid) if rid is not None else stable_id(prompt, row.get(cfg.response_a_column), row.get(cfg.response_b_column))
         if messages is None:
-            excluded.append(exclusion(pid, "labels", reason.split(":")[0], reason, str(row.get(cfg.prompt_column))[:2000]))
+            yield Excluded(exclusion(pid, "labels", reason.split(":")[0], reason, str(prompt)[:2000]))
             continue
-        if pid in seen:
-            excluded.append(exclusion(pid, "labels", "duplicate_id", f"pair id {pid} appears more than once; the first is kept"))
+        digest = hashlib.blake2b(pid.encode(), digest_size=16).digest()
+        if digest in seen:
+            yield Excluded(exclusion(pid, "labels", "duplicate_id", f"pair id {pid} appears more than once; the first is kept"))
             continue
-        seen.add(pid)
-        pairs.append(
-            {
-                "pair_id": pid,
-                "prompt_id": stable_id(messages),
-                "messages": messages,
-                "response_a": row.get(cfg.response_a_column),
-                "response_b": row.get(cfg.response_b_column),
-            }
-        )
+        seen.add(digest)
+        yield {
+            "pair_id": pid,
+            "prompt_id": stable_id(messages),
+            "messages": messages,
+            "response_a": row.get(cfg.response_a_column),
+            "response_b": row.get(cfg.response_b_column),
+        }
+
+
+def load_pairs(cfg: LabelConfig) -> tuple[list[dict], list[dict]]:
+    """The whole pairs file in memory -> (pairs, exclusions). Flows stream with :func:`iter_pairs` instead."""
+    pairs, excluded = [], []
+    for x in iter_pairs(cfg):
+        (excluded.append(x.row) if isinstance(x, Excluded) else pairs.append(x))
     return pairs, excluded
 
 
@@ -119,10 +128,12 @@ class LabelJob:
         backend = cached_backend(self.cfg.backend)
         c0, s0 = backend.stats.score_calls + backend.stats.generate_calls, backend.stats.retries
         labeler = Labeler(backend, self.cfg, self.template, self.constitution)
-        rows, excluded = labeler.label(items, key, self.cfg.backend.model, self.constitution_version)
+        with backend_turn(backend):
+            rows, excluded = labeler.label(items, key, self.cfg.backend.model, self.constitution_version)
+        model_s = labeler.model_seconds
         chash = config_hash(self.key_config())
         for r in rows:
             r["__item__"] = r["pair_id"]
             r["config_hash"] = chash
             r["batch_key"] = key
-        return rows, excluded, {"model_calls": backend.stats.score_calls + backend.stats.generate_calls - c0, "retries": backend.stats.retries - s0}
+        return rows, excluded, {"model_calls": backend.stats.score_calls + backend.stats.generate_calls - c0, "retries": backend.stats.retries - s0, "model_s": model_s}

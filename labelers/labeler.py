@@ -9,6 +9,7 @@ backend then computes the preamble once per batch and each pair's context once
 from __future__ import annotations
 
 import random
+import time
 from dataclasses import dataclass
 
 from aifeedback.backends import Backend
@@ -43,6 +44,10 @@ class Labeler:
             raise ValueError(f"method pairwise needs a pairwise template, got {template.id} ({template.kind})")
         if cfg.method == "pointwise" and template.kind != "pointwise":
             raise ValueError(f"method pointwise needs a pointwise template, got {template.id} ({template.kind})")
+        self.model_seconds = 0.0  # time spent inside backend calls
+        self._template_version = template.full_version  # a hash: computed once, not per row
+        self._mode = self.mode_name()
+        self._seeded = constitution is not None or (cfg.method == "pairwise" and cfg.orders == "single")
         self._encode = getattr(backend, "encode", None)
         self._decode = getattr(getattr(backend, "tok", None), "decode", None)
 
@@ -76,7 +81,7 @@ class Labeler:
         truncated = t0 or t1 or t2
         if truncated and cfg.overlong == "exclude":
             return None, exclusion(pid, "labels", "too_long", f"context over {cfg.max_context_tokens} or a response over {cfg.max_response_tokens} tokens; set overlong: truncate to keep it")
-        rng = random.Random(derive_seed(cfg.seed, pid))
+        rng = random.Random(derive_seed(cfg.seed, pid)) if self._seeded else None
         if self.constitution is not None and cfg.method == "pairwise":
             k = 1 if cfg.principles == "sample" else cfg.k_principles
             principles = [(p.id, p.question) for p in self.constitution.sample_choices(rng, k)]
@@ -125,18 +130,22 @@ class Labeler:
         rationales: dict[tuple, str] = {}
         if cfg.cot and slots:
             chats = [tpl.cot_chat(self._sample_fields(prepared[i].fields, o), prepared[i].principles[pi][1], cfg.few_shot) for i, pi, o in slots]
+            t = time.perf_counter()
             gen = self.backend.generate(chats, SamplingConfig(temperature=0.0, max_new_tokens=cfg.cot_max_new_tokens), seeds=[[0]] * len(chats))
+            self.model_seconds += time.perf_counter() - t
             for slot, g in zip(slots, gen):
                 rationales[slot] = g.completions[0].text if g.error is None else None
         prompts: list[ScoringPrompt] = []
         for slot in slots:
             i, pi, o = slot
             prompts.append(tpl.prompt(self._sample_fields(prepared[i].fields, o), prepared[i].principles[pi][1], cfg.few_shot, rationales.get(slot) if cfg.cot else None))
+        t = time.perf_counter()
         results = self.backend.choice_probs(prompts, tpl.candidates) if prompts else []
         priors: dict[str | None, list[float] | None] = {}
         if cfg.calibrate:
             for q in {prepared[i].principles[pi][1] for i, pi, _ in slots}:
                 priors[q] = self._content_free_prior(q)
+        self.model_seconds += time.perf_counter() - t
         by_pair: dict[int, list] = {}
         for slot, res in zip(slots, results):
             by_pair.setdefault(slot[0], []).append((slot, res))
@@ -203,7 +212,7 @@ class Labeler:
             "messages": p.pair["messages"],
             "response_a": p.pair["response_a"],
             "response_b": p.pair["response_b"],
-            "mode": self.mode_name(),
+            "mode": self._mode,
             "p_ab": p_ab,
             "p_ba": p_ba,
             "p_a": p_a,
@@ -221,7 +230,7 @@ class Labeler:
             "labeler_model": labeler_id,
             "backend": self.cfg.backend.kind,
             "template": tpl.id,
-            "template_version": tpl.full_version,
+            "template_version": self._template_version,
             "constitution_id": self.constitution.id if self.constitution else None,
             "constitution_version": constitution_version,
             "seed": cfg.seed,

@@ -19,7 +19,21 @@ def make_backend(cfg: BackendConfig) -> Backend:
         from .vllm_engine import VLLMBackend
 
         return VLLMBackend(cfg)  # one engine per process: callers go through stage.cached_backend
-    raise ValueError(f"unknown backend kind {cfg.kind!r}; use transformers, openai or vllm")
+    if ":" in cfg.kind:  # a backend class of your own: "package.module:ClassName", built from the same config
+        import importlib
+
+        from ..errors import ConfigError
+
+        module, _, attr = cfg.kind.partition(":")
+        try:
+            cls = getattr(importlib.import_module(module), attr)
+        except (ImportError, AttributeError) as exc:
+            raise ConfigError(f"backend kind {cfg.kind!r}: cannot import {attr} from {module} ({exc}); make the module importable (pip install it or add it to PYTHONPATH)") from None
+        backend = cls(cfg)
+        if not isinstance(backend, Backend):
+            raise ConfigError(f"backend kind {cfg.kind!r} does not implement the backend protocol (aifeedback.backends.base.Backend)")
+        return backend
+    raise ValueError(f"unknown backend kind {cfg.kind!r}; use transformers, openai, vllm or module:Class")
 
 
 __all__ = ["Backend", "BackendStats", "Capabilities", "ChoiceResult", "Completion", "GenerationResult", "ScoringPrompt", "make_backend"]
