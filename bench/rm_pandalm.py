@@ -2,7 +2,11 @@
 
 The MiniLM reward model is trained once with each label source on the same seeded
 training split (ties excluded) and evaluated on the same held-out pairs against
-the human majority. Usage: .venv/bin/python bench/rm_pandalm.py [--epochs 2]
+the human majority. Usage: .venv/bin/python bench/rm_pandalm.py [--epochs 1] [--max-length 128]
+
+Last run (epochs 1, max-length 128, seed 0; 676 train / 168 held out): RM on GPT-3.5
+labels 70.2%, RM on human labels 78.0% held-out human accuracy; baselines:
+prefer-longer 72.6%, GPT-3.5's own verdicts 83.3%. 8 + 13 min on one thread.
 """
 
 from __future__ import annotations
@@ -42,7 +46,10 @@ def main() -> None:
     human_rows = rows_from_verdicts(train_items, {p["pair_id"]: p["human"] for p in train_items})
     agree = sum(a["hard_label"] == h["hard_label"] for a, h in zip(ai_rows, human_rows)) / len(ai_rows)
     print(f"{len(items)} PandaLM pairs with non-tie human majority and GPT-3.5 verdict; train {len(train_items)}, held out {len(eval_rows)} (seed {args.seed}); GPT-3.5 agrees with humans on {agree:.1%} of the training pairs")
-    results = {}
+    longer = sum(("A" if len(p["response_a"]) > len(p["response_b"]) else "B") == p["human"] for p in eval_rows) / len(eval_rows)
+    gpt_eval = sum(gpt[p["pair_id"]] == p["human"] for p in eval_rows) / len(eval_rows)
+    print(f"held-out baselines: prefer-the-longer-response {longer:.1%}; GPT-3.5's own verdicts {gpt_eval:.1%}")
+    results = {"baselines": {"prefer_longer": longer, "gpt35_verdicts": gpt_eval}}
     for name, rows in (("AI labels (GPT-3.5)", ai_rows), ("human labels (majority)", human_rows)):
         cfg = RewardConfig(labels="soft", epochs=args.epochs, seed=args.seed, max_length=args.max_length, batch_size=16, lr=3e-5)
         tr = RewardTrainer(cfg)
