@@ -291,6 +291,48 @@ def train_dpo(
     _run_flow("flows.train", "train_dpo_flow", out_dir=out, run_dir=run_dir, preferences=preferences, overrides=ov)
 
 
+# aifeedback.export imports only the standard library and yaml at load, so --help stays fast
+from aifeedback.export import ExportOptions, option_help
+
+_EXPORT = ExportOptions()
+
+
+@app.command()
+def export(
+    run_dir: str = RunDir,
+    to_dir: Optional[str] = typer.Option(None, "--to-dir", help="Folder for the Hub layout (README.md card, provenance.json, data/CONFIG/SPLIT-*.parquet); default RUN_DIR/export. An earlier export there is replaced."),
+    repo_id: Optional[str] = typer.Option(None, "--repo-id", help="Also push that folder to this Hub data set repo (ORG/NAME). The token comes from HF_TOKEN or `hf auth login` and is never written."),
+    private: bool = typer.Option(False, "--private", help="Create the Hub repo as private."),
+    test_size: float = typer.Option(_EXPORT.test_size, help=option_help("test_size")),
+    seed: int = typer.Option(_EXPORT.seed, help=option_help("seed")),
+    min_confidence: float = typer.Option(_EXPORT.min_confidence, help=option_help("min_confidence")),
+    consistent_only: bool = typer.Option(_EXPORT.consistent_only, "--consistent-only", help=option_help("consistent_only")),
+    license: str = typer.Option(_EXPORT.license, "--license", help=option_help("license")),
+    report: Optional[str] = typer.Option(None, "--report", help="Agreement report folder (its metrics.json) for the card; default: a metrics.json in RUN_DIR or one folder below it."),
+) -> None:
+    """Export a run as a Hugging Face data set: preferences / sft / revision_preferences / pointwise configs, train/test splits, a provenance card."""
+    from flows.export import export_run
+
+    try:
+        out = export_run(run_dir, to_dir, repo_id, private, report, test_size=test_size, seed=seed, min_confidence=min_confidence, consistent_only=consistent_only, license=license)
+    except AIFeedbackError as exc:
+        _fail(exc)
+    table = Table("config", *out["splits"], title=f"exported to {out['to_dir']}")
+    for name, rows in out["rows"].items():
+        table.add_row(name, *(str(rows.get(s, 0)) for s in out["splits"]))
+    console.print(table)
+    from aifeedback.export import count_line
+
+    for name, counts in out["counts"].items():
+        console.print(f"{name}: {count_line(name, counts, ExportOptions(test_size=test_size, seed=seed, min_confidence=min_confidence, consistent_only=consistent_only, license=license))}")
+    for note in out["notes"]:
+        console.print(f"[yellow]note:[/] {note}")
+    for path in out["agreement_reports"]:
+        console.print(f"agreement report cited: {path}")
+    if "hub" in out:
+        console.print(f"[green]pushed[/] to {out['hub']}")
+
+
 @app.command("config")
 def show_config(name: str = typer.Argument(..., help="Config class, e.g. GenerateConfig.")) -> None:
     """Print a stage config's keys, defaults and descriptions."""
