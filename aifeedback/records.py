@@ -96,6 +96,7 @@ LABELS = pa.schema(
         ("score_a", pa.float64()),
         ("score_b", pa.float64()),
         ("prob_source", pa.string()),
+        ("retries", pa.int32()),  # backend retries spent on this pair (429, 5xx, resets, timeouts, malformed replies)
         ("truncated", pa.bool_()),
         ("raw", pa.string()),
         ("labeler_model", pa.string()),

@@ -3,7 +3,7 @@
 Layout::
 
     RUN/
-      run.json                        # what created the run
+      history.jsonl                   # one line per stage invocation (counts, batches computed, model calls, times)
       STAGE/
         KEY.parquet                   # rows of one batch (its presence marks the batch done)
         KEY.excluded.parquet          # exclusion rows of that batch (written first)
@@ -108,6 +108,15 @@ class RunStore:
             json.dump(data, fh, indent=2, sort_keys=True, default=str)
         os.replace(tmp, dest)
         return dest
+
+    def append_history(self, entry: dict) -> None:
+        """One JSON line per stage invocation in ``history.jsonl``: what ran, what it computed, how long it took."""
+        with open(self.root / "history.jsonl", "a") as fh:
+            fh.write(json.dumps(entry, sort_keys=True, default=str) + "\n")
+
+    def history(self) -> list[dict]:
+        path = self.root / "history.jsonl"
+        return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.is_file() else []
 
     def write_manifest(self, stage: str, keys: list[str], info: dict) -> Path:
         return self.write_json(f"{stage}/_manifest.json", {"stage": stage, "keys": list(keys), **info})

@@ -124,6 +124,9 @@ def label(
     model: Optional[str] = Model,
     base_url: Optional[str] = BaseUrl,
     max_batches: Optional[int] = typer.Option(None, help="Compute at most this many new batches, then stop."),
+    runner: str = typer.Option("sequential", help="Where batches run: sequential, threads, or ray (sharded over Ray workers; each writes its own shards)."),
+    workers: Optional[int] = typer.Option(None, help="threads/ray: workers (a local Ray cluster gets this many CPUs)."),
+    ray_address: Optional[str] = typer.Option(None, help="ray: an existing cluster (auto, or ray://HOST:10001); default starts a local one."),
     set_: Optional[list[str]] = Sets,
 ) -> None:
     """Label preference pairs with the AI labeler, both orders by default."""
@@ -142,7 +145,7 @@ def label(
         backend__model=model,
         backend__base_url=base_url,
     )
-    _run_flow("flows.label", "label_flow", run_dir=run_dir, config_path=str(config) if config else None, overrides=ov, max_batches=max_batches)
+    _run_flow("flows.label", "label_flow", run_dir=run_dir, config_path=str(config) if config else None, overrides=ov, max_batches=max_batches, runner=runner, workers=workers, ray_address=ray_address)
 
 
 @app.command()
@@ -331,6 +334,56 @@ def export(
         console.print(f"agreement report cited: {path}")
     if "hub" in out:
         console.print(f"[green]pushed[/] to {out['hub']}")
+
+
+@app.command()
+def schedule(
+    flow: str = typer.Argument(..., help="Flow to schedule: label, generate, revise, agreement, pipeline or demo."),
+    cron: Optional[str] = typer.Option(None, help="Cron schedule, e.g. '0 2 * * *' (UTC)."),
+    interval: Optional[float] = typer.Option(None, help="Or an interval in seconds."),
+    name: Optional[str] = typer.Option(None, help="Deployment name (default FLOW-scheduled)."),
+    run_dir: str = RunDir,
+    config: Optional[Path] = ConfigPath,
+    set_: Optional[list[str]] = Sets,
+    limit: Optional[int] = typer.Option(None, help="Most runs of this deployment at once."),
+) -> None:
+    """Serve a scheduled deployment of a flow here (needs PREFECT_API_URL of a running Prefect server; Ctrl-C stops)."""
+    from aifeedback.config import parse_overrides
+    from flows.schedule import serve_flow
+
+    try:
+        sets = parse_overrides(set_)
+        run_dir = str(Path(run_dir).resolve())  # runs start in another process
+        if flow == "pipeline":  # --set label.batch_size=8 -> the label stage's overrides
+            params = {"run_dir": run_dir, **sets}
+        elif flow == "demo":
+            params = {"run_dir": run_dir}
+        else:
+            params = {"run_dir": run_dir, "config_path": str(Path(config).resolve()) if config else None, "overrides": sets}
+        serve_flow(flow, cron=cron, interval=interval, deployment=name, parameters=params, limit=limit)
+    except AIFeedbackError as exc:
+        _fail(exc)
+
+
+@app.command()
+def runs(
+    limit: int = typer.Option(20, help="How many runs, newest first."),
+    flow: Optional[str] = typer.Option(None, help="Only runs of this flow (label, pipeline, ...)."),
+    deployment: Optional[str] = typer.Option(None, help="Only runs of this deployment."),
+    upcoming: bool = typer.Option(False, help="Include runs scheduled for the future."),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
+) -> None:
+    """Recent flow runs and their states, from the Prefect API."""
+    from flows.schedule import recent_runs
+
+    rows = recent_runs(limit=limit, flow=flow, deployment=deployment, upcoming=upcoming)
+    if as_json:
+        print(json.dumps(rows, indent=1, default=str))
+        return
+    table = Table("flow", "deployment", "run", "state", "start", "seconds")
+    for r in rows:
+        table.add_row(r["flow"], r["deployment"] or "-", r["run"], r["state"] or "-", r["start"] or r["expected_start"] or "-", str(r["seconds"] or "-"))
+    console.print(table)
 
 
 @app.command("config")

@@ -123,6 +123,7 @@ def execute_stage(
                 **(extra_manifest or {}),
             },
         )
+    store.append_history({"time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), **summary})
     log.info("%s: %s", job.stage, {k: summary[k] for k in ("n_in", "n_out", "n_excluded", "batches_computed", "model_calls")})
     return summary
 

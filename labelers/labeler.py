@@ -69,6 +69,8 @@ class Labeler:
         cfg, pid = self.cfg, pair["pair_id"]
         a, b = pair.get("response_a"), pair.get("response_b")
         for name, v in (("response_a", a), ("response_b", b)):
+            if v is None:
+                return None, exclusion(pid, "labels", "missing_response", f"{name} is null or absent in this row; every pair needs both responses")
             if not isinstance(v, str):
                 return None, exclusion(pid, "labels", "wrong_type", f"{name} must be text, got {type(v).__name__}", str(v)[:500])
             if not v.strip():
@@ -225,6 +227,7 @@ class Labeler:
             "rationale": rationale,
             **extra,
             "prob_source": "parsed" if "parsed" in sources else "logprobs",
+            "retries": sum(r.retries for _, r in entries),
             "truncated": p.truncated,
             "raw": "; ".join(raw_texts)[:2000] if raw_texts else None,
             "labeler_model": labeler_id,

@@ -1,0 +1,111 @@
+"""Scheduled flows and run history, through the Prefect API (Prefect stores no data of ours, only runs).
+
+``serve_flow`` creates a deployment with a cron or interval schedule and serves it
+in this process (Ctrl-C stops it); ``recent_runs`` lists flow runs and their states.
+Schedules fire only against a real Prefect server (``prefect server start``): the
+temporary per-process server cannot schedule.
+"""
+
+from __future__ import annotations
+
+import os
+
+from aifeedback.errors import ConfigError
+
+FLOWS = {
+    "generate": "flows.generate:generate_flow",
+    "revise": "flows.revise:revise_flow",
+    "label": "flows.label:label_flow",
+    "agreement": "flows.agreement:agreement_flow",
+    "pipeline": "flows.pipeline:pipeline_flow",
+    "demo": "flows.demo:demo_flow",
+}
+
+NEED_SERVER = (
+    "schedules need a running Prefect server: start one with `prefect server start --host 127.0.0.1` "
+    "and export PREFECT_API_URL=http://127.0.0.1:4200/api (a temporary per-process server cannot fire schedules)"
+)
+
+
+def load_flow(name: str):
+    import importlib
+
+    if name not in FLOWS:
+        raise ConfigError(f"unknown flow {name!r}; schedule one of {sorted(FLOWS)}")
+    module, _, attr = FLOWS[name].partition(":")
+    return getattr(importlib.import_module(module), attr)
+
+
+def serve_flow(name: str, cron: str | None = None, interval: float | None = None, deployment: str | None = None, parameters: dict | None = None, limit: int | None = None) -> None:
+    """Create (or update) a scheduled deployment of a flow and serve its runs here until interrupted."""
+    from prefect.deployments.runner import EntrypointType
+
+    if not os.environ.get("PREFECT_API_URL"):
+        raise ConfigError(NEED_SERVER)
+    if (cron is None) == (interval is None):
+        raise ConfigError("give exactly one of --cron '0 2 * * *' or --interval SECONDS")
+    if cron is not None:
+        from prefect.client.schemas.schedules import CronSchedule
+
+        try:
+            CronSchedule(cron=cron)
+        except ValueError as exc:
+            raise ConfigError(f"invalid cron expression {cron!r}: {exc}; use five fields, e.g. '0 2 * * *'") from None
+    fl = load_flow(name)
+    fl.serve(
+        name=deployment or f"{name}-scheduled",
+        cron=cron,
+        interval=interval,
+        parameters=parameters or {},
+        enforce_parameter_schema=True,
+        limit=limit,
+        entrypoint_type=EntrypointType.MODULE_PATH,
+        print_starting_message=True,
+    )
+
+
+def recent_runs(limit: int = 20, flow: str | None = None, deployment: str | None = None, upcoming: bool = False) -> list[dict]:
+    """Recent flow runs, newest first: flow, deployment, name, state, start, duration.
+
+    Runs scheduled for the future are left out unless ``upcoming`` (a served
+    deployment keeps many future runs scheduled ahead).
+    """
+    import asyncio
+
+    return asyncio.run(_recent_runs(limit, flow, deployment, upcoming))
+
+
+async def _recent_runs(limit: int, flow: str | None, deployment: str | None, upcoming: bool) -> list[dict]:
+    import datetime
+
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterName, FlowFilter, FlowFilterName, FlowRunFilter, FlowRunFilterExpectedStartTime
+    from prefect.client.schemas.sorting import FlowRunSort
+
+    now = datetime.datetime.now(datetime.timezone.utc)
+    async with get_client() as client:
+        runs = await client.read_flow_runs(
+            flow_run_filter=None if upcoming else FlowRunFilter(expected_start_time=FlowRunFilterExpectedStartTime(before_=now)),
+            flow_filter=FlowFilter(name=FlowFilterName(any_=[flow])) if flow else None,
+            deployment_filter=DeploymentFilter(name=DeploymentFilterName(any_=[deployment])) if deployment else None,
+            sort=FlowRunSort.EXPECTED_START_TIME_DESC,
+            limit=limit,
+        )
+        flow_names = {f.id: f.name for f in await client.read_flows(limit=200)}
+        dep_names: dict = {}
+        for r in runs:
+            if r.deployment_id and r.deployment_id not in dep_names:
+                dep_names[r.deployment_id] = (await client.read_deployment(r.deployment_id)).name
+    return [
+        {
+            "flow": flow_names.get(r.flow_id, str(r.flow_id)),
+            "deployment": dep_names.get(r.deployment_id) if r.deployment_id else None,
+            "run": r.name,
+            "state": r.state_name or (r.state.type.value if r.state else None),
+            "expected_start": r.expected_start_time.isoformat() if r.expected_start_time else None,
+            "start": r.start_time.isoformat() if r.start_time else None,
+            "seconds": round(r.total_run_time.total_seconds(), 1) if r.total_run_time else None,
+            "parameters": r.parameters,
+        }
+        for r in runs
+    ]

@@ -1,0 +1,93 @@
+"""Scheduling for real: a Prefect server on 127.0.0.1, `aifeedback schedule` on a short interval, `aifeedback runs`."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import httpx
+import pytest
+
+from aifeedback.store import RunStore
+
+from conftest import REPO, free_port
+
+PAIRS = [
+    {"pair_id": "c1", "prompt": "What is 2+2?", "response_a": "2+2 is 4.", "response_b": "It is 22."},
+    {"pair_id": "c2", "prompt": "Name a yellow fruit.", "response_a": "A banana.", "response_b": "A cucumber."},
+    {"pair_id": "c3", "prompt": "Say hi.", "response_a": "", "response_b": "Hello."},  # excluded: empty
+]
+
+
+def _stop(proc: subprocess.Popen, sig=signal.SIGTERM) -> None:
+    if proc.poll() is None:
+        try:
+            os.killpg(proc.pid, sig)
+            proc.wait(timeout=30)
+        except (subprocess.TimeoutExpired, ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=10)
+
+
+@pytest.fixture
+def prefect_server(tmp_path):
+    port = free_port()
+    env = dict(os.environ, PREFECT_HOME=str(tmp_path / "prefect-home"), PREFECT_SERVER_ANALYTICS_ENABLED="false")
+    env.pop("PREFECT_API_URL", None)
+    log = open(tmp_path / "server.log", "w")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1", "--port", str(port)],
+        env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+    )
+    url = f"http://127.0.0.1:{port}/api"
+    deadline = time.time() + 180
+    while time.time() < deadline:
+        assert proc.poll() is None, (tmp_path / "server.log").read_text()[-3000:]
+        try:
+            if httpx.get(f"{url}/health", timeout=2).status_code == 200:
+                break
+        except httpx.HTTPError:
+            pass
+        time.sleep(1)
+    else:
+        _stop(proc)
+        pytest.fail("Prefect server did not become healthy in 180 s: " + (tmp_path / "server.log").read_text()[-3000:])
+    yield url
+    _stop(proc)
+
+
+def test_scheduled_label_run_completes_and_writes_the_run_store(tmp_path, prefect_server):
+    src = tmp_path / "pairs.jsonl"
+    src.write_text("".join(json.dumps(p) + "\n" for p in PAIRS))
+    run_dir = tmp_path / "scheduled-run"
+    env = dict(os.environ, PREFECT_API_URL=prefect_server, PREFECT_HOME=str(tmp_path / "client-home"), COLUMNS="200")
+    cli = [str(REPO / ".venv" / "bin" / "aifeedback")] if (REPO / ".venv" / "bin" / "aifeedback").exists() else [sys.executable, "-m", "flows.cli"]
+    serve_log = open(tmp_path / "serve.log", "w")
+    serve = subprocess.Popen(
+        cli + ["schedule", "label", "--interval", "20", "--name", "label-every-20s", "--run-dir", str(run_dir), "--set", f"input={src}", "--set", "batch_size=2"],
+        env=env, stdout=serve_log, stderr=subprocess.STDOUT, cwd=REPO, start_new_session=True,
+    )
+    try:
+        deadline = time.time() + 420
+        runs: list = []
+        while time.time() < deadline:
+            assert serve.poll() is None, (tmp_path / "serve.log").read_text()[-3000:]
+            out = subprocess.run(cli + ["runs", "--json", "--deployment", "label-every-20s"], env=env, capture_output=True, text=True, timeout=120)
+            assert out.returncode == 0, out.stderr[-2000:]
+            runs = json.loads(out.stdout)
+            if any(r["state"] == "Completed" for r in runs):
+                break
+            assert not any(r["state"] in ("Failed", "Crashed") for r in runs), (runs, (tmp_path / "serve.log").read_text()[-3000:])
+            time.sleep(5)
+        done = [r for r in runs if r["state"] == "Completed"]
+        assert done, f"no scheduled run completed in time: {runs}\n{(tmp_path / 'serve.log').read_text()[-3000:]}"
+        assert done[0]["flow"] == "label" and done[0]["deployment"] == "label-every-20s"
+        assert done[0]["parameters"]["run_dir"] == str(run_dir)
+    finally:
+        _stop(serve, signal.SIGINT)
+    store = RunStore(run_dir)
+    counts = store.counts("labels")
+    assert counts == {"n_in": 3, "n_out": 2, "n_excluded": 1}
+    assert len(store.read_table("labels")) == 2
