@@ -131,6 +131,13 @@ class LabelConfig(StrictModel):
     batch_size: int = Field(64, ge=1, description="Pairs per stored batch (one Prefect task and one Parquet shard).")
     backend: BackendConfig = Field(default_factory=BackendConfig)
 
+    @field_validator("cot_clamp")
+    @classmethod
+    def _clamp(cls, v: tuple[float, float] | None) -> tuple[float, float] | None:
+        if v is not None and not 0 <= v[0] <= v[1] <= 1:
+            raise ValueError(f"cot_clamp must be [lo, hi] with 0 <= lo <= hi <= 1, e.g. [0.4, 0.6]; got {list(v)}")
+        return v
+
 
 C = TypeVar("C", bound=BaseModel)
 
@@ -153,7 +160,13 @@ def parse_overrides(pairs: list[str] | None) -> dict:
         if "=" not in pair:
             raise ConfigError(f"override must look like key.sub=value, got {pair!r}")
         key, raw = pair.split("=", 1)
-        _set_dotted(out, key.strip(), yaml.safe_load(raw) if raw != "" else "")
+        try:
+            value = yaml.safe_load(raw) if raw != "" else ""
+        except yaml.YAMLError:  # not YAML ("[1", "a: b: c"): the literal text, which the config then validates
+            value = raw
+        if isinstance(value, dict) and not raw.lstrip().startswith("{"):  # "Answer: briefly" is text, not a mapping
+            value = raw
+        _set_dotted(out, key.strip(), value)
     return out
 
 
@@ -211,6 +224,8 @@ def build_config(cls: type[C], path: str | Path | None = None, overrides: dict |
             loaded = yaml.safe_load(p.read_text(encoding="utf-8"))
         except yaml.YAMLError as exc:
             raise ConfigError(f"{p} is not valid YAML: {exc}") from exc
+        except UnicodeDecodeError as exc:
+            raise ConfigError(f"{p} is not UTF-8 text ({exc.reason}); pass a YAML config file saved as UTF-8") from None
         if loaded is None:
             loaded = {}
         if not isinstance(loaded, dict):

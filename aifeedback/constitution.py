@@ -131,8 +131,11 @@ def load_constitution(name_or_path: str | Path) -> tuple[Constitution, str]:
         path = CONSTITUTION_DIR / f"{name_or_path}.yaml"
     if not path.is_file():
         shipped = sorted(p.stem for p in CONSTITUTION_DIR.glob("*.yaml"))
-        raise ConfigError(f"no constitution at {name_or_path!r}; shipped: {shipped}, or pass a YAML file path")
-    text = path.read_text(encoding="utf-8")
+        raise ConfigError(f"no constitution at {str(name_or_path)!r}; shipped: {shipped}, or pass a YAML file path")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path} is not UTF-8 text ({exc.reason} at byte {exc.start}); save the constitution as UTF-8 YAML") from None
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as exc:

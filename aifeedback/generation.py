@@ -16,7 +16,7 @@ def load_prompts(path: str, prompt_column: str, id_column: str | None = None, li
     from .errors import InputError
 
     items, excluded, seen = [], [], set()
-    n = 0
+    n, checked = 0, False
     for row in iter_rows(path):
         if limit is not None and n >= limit:
             break
@@ -24,8 +24,9 @@ def load_prompts(path: str, prompt_column: str, id_column: str | None = None, li
         if isinstance(row, tuple):
             excluded.append(exclusion(f"row-{n}", "prompts", "invalid_row", row[1]))
             continue
-        if n == 1 and prompt_column not in row:
+        if not checked and prompt_column not in row:  # the first readable row, even after bad ones
             raise InputError(f"no column {prompt_column!r} in {path}. Available columns: {sorted(row)}. Pass --prompt-column.")
+        checked = True
         messages, reason = to_messages(row.get(prompt_column))
         if messages is None:
             excluded.append(exclusion(str(row.get(id_column) if id_column else f"row-{n}"), "prompts", reason.split(":")[0], reason, str(row.get(prompt_column))[:2000]))
@@ -36,6 +37,8 @@ def load_prompts(path: str, prompt_column: str, id_column: str | None = None, li
             continue
         seen.add(pid)
         items.append({"prompt_id": pid, "messages": messages})
+    if n == 0:
+        raise InputError(f"{path} holds no rows; pass a prompt file with a {prompt_column!r} column")
     return items, excluded
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 from collections.abc import Iterator
 from pathlib import Path
@@ -34,16 +35,23 @@ def iter_rows(path: str | Path, chunk_rows: int = 4096) -> Iterator[dict | tuple
         for f in files:
             yield from iter_rows(f, chunk_rows)
         return
+    if p.stat().st_size == 0:
+        raise InputError(f"input {p} is an empty file; check the path, or write the rows first ({SUPPORTED})")
     name = p.name.lower()
     if name.endswith(".parquet"):
+        import pyarrow as pa
         import pyarrow.parquet as pq
 
-        for batch in pq.ParquetFile(p).iter_batches(batch_size=chunk_rows):
+        try:
+            pf = pq.ParquetFile(p)
+        except (pa.ArrowException, OSError) as exc:
+            raise InputError(f"{p} is not a readable Parquet file ({exc}); re-export it, or use JSONL or CSV") from None
+        for batch in pf.iter_batches(batch_size=chunk_rows):
             yield from batch.to_pylist()
     elif name.endswith((".jsonl", ".jsonl.gz", ".ndjson")):
         opener = _open_gz if name.endswith(".gz") else open
         with opener(p, "rb") as fh:
-            for lineno, line in enumerate(fh, 1):
+            for lineno, line in _lines(fh, p):
                 if not line.strip():
                     continue
                 try:
@@ -62,7 +70,10 @@ def iter_rows(path: str | Path, chunk_rows: int = 4096) -> Iterator[dict | tuple
                 yield row
     elif name.endswith(".json"):
         try:
-            data = json.loads(p.read_text(encoding="utf-8"))
+            text = p.read_text(encoding="utf-8")
+            if not text.strip():
+                raise InputError(f"{p} is empty; pass a file that holds a JSON list of objects")
+            data = json.loads(text)
         except UnicodeDecodeError as exc:
             raise InputError(f"{p} is not valid UTF-8 ({exc.reason}); re-encode it as UTF-8") from None
         except json.JSONDecodeError as exc:
@@ -74,14 +85,29 @@ def iter_rows(path: str | Path, chunk_rows: int = 4096) -> Iterator[dict | tuple
         for i, row in enumerate(data):
             yield row if isinstance(row, dict) else ("__bad__", f"item {i}: expected an object, got {type(row).__name__}")
     elif name.endswith(".csv"):
+        import pyarrow as pa
         import pyarrow.csv as pacsv
 
+        bad: list = []  # rows with the wrong number of fields: exclusions, not a failed file
+
+        def on_bad(row) -> str:
+            bad.append(row)
+            return "skip"
+
+        opts = {"read_options": pacsv.ReadOptions(block_size=1 << 22), "parse_options": pacsv.ParseOptions(invalid_row_handler=on_bad)}
         try:
-            reader = pacsv.open_csv(p, read_options=pacsv.ReadOptions(block_size=1 << 22))
-            for batch in reader:
-                yield from batch.to_pylist()
+            names = pacsv.open_csv(p, **opts).schema.names
+            bad.clear()
+            # every column as text: a response "4" or a prompt "true" must not become a number or a bool
+            reader = pacsv.open_csv(p, **opts, convert_options=pacsv.ConvertOptions(column_types={n: pa.string() for n in names}))
+            for batch in itertools.chain(reader, [None]):
+                yield from batch.to_pylist() if batch is not None else ()
+                while bad:
+                    r = bad.pop(0)
+                    yield ("__bad__", f"CSV row with {r.actual_columns} fields, expected {r.expected_columns}: {r.text[:200]!r}; quote fields that hold commas")
         except Exception as exc:  # pyarrow raises ArrowInvalid for undecodable text
-            raise InputError(f"{p} could not be read as CSV: {exc}") from None
+            hint = "; re-encode it as UTF-8" if "UTF8" in str(exc) else ""
+            raise InputError(f"{p} could not be read as CSV: {exc}{hint}") from None
     else:
         raise InputError(f"unsupported input {p.name}; use {SUPPORTED}")
 
@@ -90,6 +116,14 @@ def _open_gz(path, mode):
     import gzip
 
     return gzip.open(path, mode)
+
+
+def _lines(fh, p: Path) -> Iterator[tuple[int, bytes]]:
+    """Numbered lines; a corrupt or truncated gzip stream is an error that names the file."""
+    try:
+        yield from enumerate(fh, 1)
+    except (OSError, EOFError) as exc:
+        raise InputError(f"{p} could not be read ({exc}); if it is not gzip-compressed, drop the .gz from its name, else re-compress it") from None
 
 
 def to_messages(value) -> tuple[list[dict] | None, str | None]:

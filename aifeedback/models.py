@@ -147,11 +147,15 @@ def _hf_snapshot(model_id: str) -> ResolvedModel:
         except Exception as exc:
             raise ModelNotFound(f"Could not download {model_id!r}: {type(exc).__name__}: {exc}") from exc
         return ResolvedModel(model_id, Path(path), "hf-download")
+    enable = (
+        "unset HF_HUB_OFFLINE (it is 1, which overrides AIFEEDBACK_ALLOW_DOWNLOAD=1)"
+        if os.environ.get("AIFEEDBACK_ALLOW_DOWNLOAD") == "1"
+        else "set AIFEEDBACK_ALLOW_DOWNLOAD=1" + (" and unset HF_HUB_OFFLINE" if os.environ.get("HF_HUB_OFFLINE") == "1" else "")
+    )
     raise ModelNotFound(
         f"Model {model_id!r} is neither a local folder nor in the Hugging Face cache "
         f"({type(cached_error).__name__}), and downloads are off. Pass a local folder, "
-        f"use an embedded model ({EMBEDDED_POLICY}, {EMBEDDED_REWARD}), or set "
-        f"AIFEEDBACK_ALLOW_DOWNLOAD=1 on a machine that reaches the Hub."
+        f"use an embedded model ({EMBEDDED_POLICY}, {EMBEDDED_REWARD}), or {enable} on a machine that reaches the Hub."
     )
 
 

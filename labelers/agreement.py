@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -44,26 +43,30 @@ def judge_from_file(name: str, path: str, id_prefix: str = "", id_column: str | 
     p = Path(path)
     if not p.is_file():
         raise InputError(f"judge file {p} does not exist")
-    data = json.loads(p.read_text(encoding="utf-8")) if p.suffix == ".json" else None
-    if data is None:
-        from aifeedback.io import iter_rows
+    from aifeedback.io import iter_rows
 
-        data = [r for r in iter_rows(p) if isinstance(r, dict)]
+    rows = list(iter_rows(p))  # JSON lists and JSONL/CSV/Parquet alike; an unreadable file is an InputError
+    data = [r for r in rows if isinstance(r, dict)]
     if not data:
-        raise InputError(f"judge file {p} holds no rows")
+        raise InputError(f"judge file {p} holds no readable rows" + (f" ({rows[0][1]})" if rows else "") + "; pass a JSON list, JSONL, CSV or Parquet file of verdicts")
     first = data[0]
     id_col = id_column or ("idx" if "idx" in first else "pair_id")
     lab_col = label_column or next((k for k in first if k.endswith("_result")), None) or "label"
     if id_col not in first or lab_col not in first:
         raise InputError(f"judge file {p}: no id column {id_col!r} or verdict column {lab_col!r}. Available columns: {sorted(first)}. Pass --judge-id-column / --judge-label-column.")
     prefix = id_prefix or ("pandalm-" if id_col == "idx" else "")
-    verdicts, unknown = {}, 0
+    verdicts, unknown = {}, len(rows) - len(data)  # rows that are not objects count as unreadable
     for r in data:
         v = normalise_verdict(r.get(lab_col))
-        if v is None:
+        if v is None or r.get(id_col) is None:
             unknown += 1
             continue
         verdicts[f"{prefix}{r[id_col]}"] = v
+    if not verdicts:
+        raise InputError(
+            f"judge file {p}: none of its {len(rows)} verdicts in column {lab_col!r} is readable (A/B/tie, 1/2/0 or response_a/response_b, "
+            f"e.g. got {first.get(lab_col)!r}). Pass --judge-label-column with the verdict column."
+        )
     desc = f"verdicts from {p.name} (column {lab_col})" + (f"; {unknown} unreadable verdicts skipped and counted" if unknown else "")
     j = Judge(name, verdicts, description=desc)
     j.unreadable = unknown  # type: ignore[attr-defined]

@@ -18,6 +18,16 @@ from aifeedback.records import stable_id
 _TURN = re.compile(r"\n\n(Human|Assistant): ")
 
 
+def _read_json_list(path: str | Path, fmt: str) -> list:
+    try:
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise InputError(f"{path} is not a UTF-8 JSON file ({exc}); pass the {fmt} file, or use --human-format generic for JSONL/CSV") from None
+    if not isinstance(data, list) or not all(isinstance(r, dict) for r in data):
+        raise InputError(f"{path} must hold a JSON list of objects, as {fmt} files do; got {type(data).__name__}")
+    return data
+
+
 def parse_transcript(text: str) -> list[dict]:
     """'\\n\\nHuman: ...\\n\\nAssistant: ...' -> chat messages."""
     parts = _TURN.split("\n\n" + text.lstrip("\n") if not text.startswith("\n\n") else text)
@@ -45,8 +55,11 @@ def hh_pairs(path: str | Path, n: int | None = None, seed: int = 0) -> tuple[lis
         for i, line in enumerate(fh):
             if n is not None and len(pairs) + len(problems) >= n:
                 break
-            row = json.loads(line)
-            split = split_hh(row["chosen"], row["rejected"])
+            try:
+                row = json.loads(line)
+                split = split_hh(row["chosen"], row["rejected"])
+            except (json.JSONDecodeError, KeyError, TypeError, AttributeError) as exc:
+                raise InputError(f"{path} line {i + 1} is not an hh-rlhf record ({type(exc).__name__}: {exc}); hh-rlhf files are JSONL with chosen and rejected transcripts") from None
             if split is None:
                 problems.append(f"line {i + 1}: chosen and rejected do not share a context")
                 continue
@@ -68,13 +81,16 @@ def hh_pairs(path: str | Path, n: int | None = None, seed: int = 0) -> tuple[lis
 
 def pandalm_items(path: str | Path) -> list[dict]:
     """PandaLM test set: annotator1..3 in {0 tie, 1, 2}; the human label is the majority (ties when no majority)."""
-    data = json.loads(Path(path).read_text(encoding="utf-8"))
+    data = _read_json_list(path, "PandaLM testset-v1.json")
     out = []
     for i, row in enumerate(data):
         for k in ("instruction", "response1", "response2", "annotator1", "annotator2", "annotator3"):
             if k not in row:
                 raise InputError(f"{path} item {i} has no {k!r}; is this the PandaLM testset-v1.json file?")
-        votes = [int(row[f"annotator{j}"]) for j in (1, 2, 3)]
+        votes = [row[f"annotator{j}"] for j in (1, 2, 3)]
+        if not all(str(v).strip() in ("0", "1", "2") for v in votes):
+            raise InputError(f"{path} item {i}: annotator labels must be 0 (tie), 1 or 2, got {votes}; is this the PandaLM testset-v1.json file?")
+        votes = [int(v) for v in votes]
         counts = {v: votes.count(v) for v in set(votes)}
         top, c = max(counts.items(), key=lambda kv: kv[1])
         majority = {1: "A", 2: "B", 0: "tie"}[top] if c >= 2 else "tie"
@@ -97,12 +113,14 @@ def pandalm_items(path: str | Path) -> list[dict]:
 
 def llmbar_items(path: str | Path) -> list[dict]:
     """LLMBar: input, output_1, output_2, label (1 or 2)."""
-    data = json.loads(Path(path).read_text(encoding="utf-8"))
+    data = _read_json_list(path, "LLMBar")
     out = []
     for i, row in enumerate(data):
         for k in ("input", "output_1", "output_2", "label"):
             if k not in row:
                 raise InputError(f"{path} item {i} has no {k!r}; LLMBar files have input, output_1, output_2, label")
+        if str(row["label"]).strip() not in ("1", "2"):
+            raise InputError(f"{path} item {i}: label must be 1 or 2 (the better output), got {row['label']!r}; is this an LLMBar file?")
         out.append(
             {
                 "pair_id": f"llmbar-{i}",
@@ -130,7 +148,9 @@ def generic_items(path: str | Path, id_column: str, label_column: str) -> list[d
             missing = [c for c in (id_column, label_column) if c not in row]
             if missing:
                 raise InputError(f"no column(s) {missing} in {path}. Available columns: {sorted(row)}. Pass --human-id-column / --human-label-column.")
-        out.append({"pair_id": str(row[id_column]), "human": normalise_verdict(row[label_column]), "source": Path(path).name, "category": str(row.get("category") or Path(path).name)})
+        if row.get(id_column) is None:
+            raise InputError(f"{path} row {n} has no {id_column!r}; every row needs a pair id to join on (pass --human-id-column)")
+        out.append({"pair_id": str(row[id_column]), "human": normalise_verdict(row.get(label_column)), "source": Path(path).name, "category": str(row.get("category") or Path(path).name)})
     return out
 
 
@@ -141,8 +161,13 @@ def normalise_verdict(v) -> str | None:
 
 
 def load_human(fmt: str, path: str | Path, n: int | None = None, seed: int = 0, id_column: str = "pair_id", label_column: str = "label") -> list[dict]:
+    if not Path(path).is_file():
+        raise InputError(f"human label file {path} does not exist; pass --human with the path of a {fmt} file")
     if fmt == "hh":
-        return hh_pairs(path, n, seed)[0]
+        try:
+            return hh_pairs(path, n, seed)[0]
+        except (UnicodeDecodeError, OSError, EOFError) as exc:  # gzip raises BadGzipFile (an OSError) or EOFError
+            raise InputError(f"{path} could not be read as hh-rlhf JSONL ({exc}); pass a UTF-8 .jsonl or .jsonl.gz file") from None
     if fmt == "pandalm":
         return pandalm_items(path)[:n]
     if fmt == "llmbar":

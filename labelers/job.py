@@ -23,7 +23,7 @@ def iter_pairs(cfg: LabelConfig) -> Iterator[dict | Excluded]:
     """Stream a pairs file: pairs {pair_id, prompt_id, messages, response_a, response_b}, bad rows as :class:`Excluded`."""
     seen: set[bytes] = set()  # 16-byte digests: a million ids cost about 100 MB less than the strings
     cols = (cfg.prompt_column, cfg.response_a_column, cfg.response_b_column)
-    n = 0
+    n, checked = 0, False
     for row in iter_rows(cfg.input):
         if cfg.limit is not None and n >= cfg.limit:
             break
@@ -31,7 +31,8 @@ def iter_pairs(cfg: LabelConfig) -> Iterator[dict | Excluded]:
         if isinstance(row, tuple):
             yield Excluded(exclusion(f"row-{n}", "labels", "invalid_row", row[1]))
             continue
-        if n == 1:
+        if not checked:  # the first readable row, even when bad rows come before it
+            checked = True
             missing = [c for c in cols if c not in row]
             if missing:
                 raise InputError(
@@ -57,6 +58,8 @@ def iter_pairs(cfg: LabelConfig) -> Iterator[dict | Excluded]:
             "response_a": row.get(cfg.response_a_column),
             "response_b": row.get(cfg.response_b_column),
         }
+    if n == 0:
+        raise InputError(f"{cfg.input} holds no rows; pass a pairs file with columns {list(cols)}")
 
 
 def load_pairs(cfg: LabelConfig) -> tuple[list[dict], list[dict]]:
