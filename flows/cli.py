@@ -338,7 +338,7 @@ def export(
 
 @app.command()
 def schedule(
-    flow: str = typer.Argument(..., help="Flow to schedule: label, generate, revise, agreement, pipeline or demo."),
+    flow: str = typer.Argument(..., help="Flow to schedule: label, generate, revise, agreement, pipeline, export or demo."),
     cron: Optional[str] = typer.Option(None, help="Cron schedule, e.g. '0 2 * * *' (UTC)."),
     interval: Optional[float] = typer.Option(None, help="Or an interval in seconds."),
     name: Optional[str] = typer.Option(None, help="Deployment name (default FLOW-scheduled)."),

@@ -13,6 +13,7 @@ from typing import Any
 import pyarrow.parquet as pq
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
+from prefect.utilities.annotations import quote  # Prefect must not walk a batch of thousands of items
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from aifeedback.provenance import git_commit, library_versions
@@ -78,12 +79,12 @@ def execute_stage(
                 continue
             n_submitted += 1
             if task_runner is not None:
-                pending.append(task_runner.submit(stage_batch, parameters={"store_root": str(store.root), "job": job, "batch": b}))
+                pending.append(task_runner.submit(stage_batch, parameters={"store_root": str(store.root), "job": quote(job), "batch": quote(b)}))
                 while len(pending) >= max_in_flight:
                     results.append(pending.popleft().result())
                     bar.advance(tid)
             else:
-                results.append(stage_batch(str(store.root), job, b))
+                results.append(stage_batch(str(store.root), quote(job), quote(b)))
                 bar.advance(tid)
         while pending:
             results.append(pending.popleft().result())
@@ -105,6 +106,7 @@ def execute_stage(
         "model_calls": calls,
         "retries": sum(r.stats.get("retries", 0) for r in results if r.computed),
         "model_seconds": round(sum(r.stats.get("model_s", r.stats.get("compute_s", 0.0)) for r in results), 3),
+        "compute_seconds": round(sum(r.stats.get("compute_s", 0.0) for r in results), 3),
         "store_seconds": round(sum(r.stats.get("write_s", 0.0) for r in results), 3),
         "seconds": round(time.perf_counter() - t0, 3),
         "worker_processes": len({r.stats["pid"] for r in results if "pid" in r.stats}),

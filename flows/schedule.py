@@ -19,6 +19,7 @@ FLOWS = {
     "agreement": "flows.agreement:agreement_flow",
     "pipeline": "flows.pipeline:pipeline_flow",
     "demo": "flows.demo:demo_flow",
+    "export": "flows.export:export_flow",
 }
 
 NEED_SERVER = (

@@ -32,6 +32,8 @@ PLACEHOLDERS = {
 
 def neutralise(text: str) -> str:
     """Defuse our delimiter tags inside data: ``</response_1>`` -> ``[/response_1]``."""
+    if "<" not in text:  # no tag possible: skip the regex (the common case, at millions of texts)
+        return text
     return _TAG_RE.sub(lambda m: "[" + m.group(0).strip("<>").strip() + "]", text)
 
 

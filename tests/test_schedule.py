@@ -91,3 +91,27 @@ def test_scheduled_label_run_completes_and_writes_the_run_store(tmp_path, prefec
     counts = store.counts("labels")
     assert counts == {"n_in": 3, "n_out": 2, "n_excluded": 1}
     assert len(store.read_table("labels")) == 2
+
+
+def test_prefect_yaml_deployments_load_and_validate():
+    """Every deployment's module entrypoint imports, and its parameters pass the flow's own schema."""
+    import importlib
+
+    import yaml
+
+    spec = yaml.safe_load((REPO / "prefect.yaml").read_text())
+    names = set()
+    for dep in spec["deployments"]:
+        module, _, attr = dep["entrypoint"].partition(":")
+        assert "/" not in module and not module.endswith(".py")  # module paths, not files
+        fl = getattr(importlib.import_module(module), attr)
+        assert dep["enforce_parameter_schema"] is True
+        fl.validate_parameters(dep.get("parameters", {}))  # raises on an unknown or mistyped parameter
+        for sched in dep["schedules"]:
+            from prefect.client.schemas.schedules import CronSchedule
+
+            CronSchedule(cron=sched["cron"], timezone=sched.get("timezone"))
+        names.add(dep["entrypoint"])
+    assert {"flows.label:label_flow", "flows.pipeline:pipeline_flow"} <= names
+    with pytest.raises(Exception):
+        importlib.import_module("flows.label").label_flow.validate_parameters({"run_dir": "x", "no_such_parameter": 1})

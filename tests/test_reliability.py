@@ -1,0 +1,230 @@
+"""Reliability: kill -9 at random points then resume; a fault-injecting proxy in front of the real llama.cpp server."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import random
+import signal
+import socket
+import struct
+import subprocess
+import sys
+import threading
+import time
+from collections import Counter
+from pathlib import Path
+
+import httpx
+import pytest
+
+from aifeedback.store import RunStore
+
+from conftest import REPO, free_port
+
+PROMPTS = [
+    ("What is 2+2?", "2+2 is 4.", "It is 22."),
+    ("How do I pick my neighbour's lock?", "I can't help you get into someone else's home.", "Use a tension wrench and a pick."),
+    ("Name a yellow fruit.", "A banana.", "Bananas are yellow fruit, and so are lemons."),
+    ("Capital of France?", "Paris.", "I think it is Lyon."),
+    ("Is the sun a star?", "Yes, the Sun is a star.", "No."),
+    ("Give me a synonym for happy.", "Joyful.", "Sad."),
+    ("How many legs does a spider have?", "Eight.", "Six legs, like an ant."),
+    ("What colour is the sky on a clear day?", "Blue.", "Green."),
+    ("Translate 'gracias' to English.", "Thank you.", "Good night."),
+    ("Is 7 a prime number?", "Yes, 7 is prime.", "No, 7 = 2 x 3.5."),
+]
+
+
+def _pairs_file(path: Path, n: int) -> Path:
+    rows = [{"pair_id": "bad-empty", "prompt": "Say hi.", "response_a": "", "response_b": "Hello."}]  # an exclusion, in batch 0
+    rows += [{"pair_id": f"k{i:02d}", "prompt": q, "response_a": a, "response_b": b} for i, (q, a, b) in enumerate((PROMPTS * 3)[:n])]
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+def _cli() -> list[str]:
+    exe = REPO / ".venv" / "bin" / "aifeedback"
+    return [str(exe)] if exe.exists() else [sys.executable, "-m", "flows.cli"]
+
+
+def _shards(run: Path) -> dict[str, tuple[int, int]]:
+    d = run / "labels"
+    return {p.name: (p.stat().st_ino, p.stat().st_mtime_ns) for p in d.glob("*.parquet")} if d.is_dir() else {}
+
+
+def test_kill9_at_three_random_points_then_resume(tmp_path):
+    """Each kill lands at a seeded random moment; re-runs finish the job without redoing finished batches."""
+    n = 15
+    n_batches = 8  # 16 items in batches of 2
+    src = _pairs_file(tmp_path / "pairs.jsonl", n)
+    run = tmp_path / "run"
+    env = dict(os.environ, PREFECT_HOME=str(tmp_path / "prefect-home"), COLUMNS="200")
+    env.pop("PREFECT_API_URL", None)
+    cmd = _cli() + ["label", "--run-dir", str(run), "--input", str(src), "--set", "batch_size=2"]
+    rng = random.Random(int(os.environ.get("AIF_KILL_SEED", "7")))
+    kills = []
+    for k in range(3):
+        before = _shards(run)
+        proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=REPO, start_new_session=True)
+        # wait until this attempt has written 1-2 new batches, then kill at a random moment inside the next one
+        target = len([s for s in before if not s.endswith(".excluded.parquet")]) + rng.randint(1, 2)
+        deadline = time.time() + 300
+        while time.time() < deadline and proc.poll() is None:
+            if len([s for s in _shards(run) if not s.endswith(".excluded.parquet")]) >= target:
+                break
+            time.sleep(0.2)
+        time.sleep(rng.uniform(0.0, 1.5))
+        assert proc.poll() is None, "the label run finished before it could be killed; use more pairs"
+        os.killpg(proc.pid, signal.SIGKILL)  # the CLI, Prefect's temporary server, everything
+        proc.wait(timeout=30)
+        after = _shards(run)
+        for name, stamp in before.items():  # finished shards are never rewritten
+            assert after[name] == stamp
+        kills.append(len([s for s in after if not s.endswith(".excluded.parquet")]))
+    done_before = _shards(run)
+    n_done = len([s for s in done_before if not s.endswith(".excluded.parquet")])
+    assert 0 < n_done < n_batches, kills
+    final = subprocess.run(cmd, env=env, capture_output=True, text=True, cwd=REPO, timeout=600)
+    assert final.returncode == 0, final.stdout[-3000:] + final.stderr[-3000:]
+    store = RunStore(run)
+    last = store.history()[-1]
+    assert last["complete"] and last["n_in"] == n + 1 and last["n_out"] == n and last["n_excluded"] == 1
+    assert last["batches_computed"] == n_batches - n_done  # only the missing batches ran
+    assert last["model_calls"] == n_batches - n_done  # one scoring call per batch (both orders together)
+    for name, stamp in done_before.items():
+        assert _shards(run)[name] == stamp
+    rows = store.read_table("labels").to_pylist()
+    ids = [r["pair_id"] for r in rows]
+    assert len(ids) == len(set(ids)) == n  # exactly N labelled rows, no duplicates
+    assert store.read_table("labels", excluded=True).column("item_id").to_pylist() == ["bad-empty"]
+    # values equal an uninterrupted run's, item by item
+    from flows.label import label_flow
+
+    ref = label_flow(run_dir=str(tmp_path / "ref"), overrides={"input": str(src), "batch_size": 2})
+    assert ref["complete"]
+    want = {r["pair_id"]: (r["p_ab"], r["p_ba"], r["hard_label"]) for r in RunStore(tmp_path / "ref").read_table("labels").to_pylist()}
+    got = {r["pair_id"]: (r["p_ab"], r["p_ba"], r["hard_label"]) for r in rows}
+    assert got == want
+
+
+# -- a fault-injecting proxy ------------------------------------------------------------------------
+
+FAULTS = ("429", "500", "reset", "slow", "truncated")
+
+
+class FaultProxy:
+    """Forwards HTTP requests to ``upstream``; a seeded share of them get a fault instead.
+
+    The first five requests get one fault of each kind (so every kind is exercised),
+    later ones a fault with probability ``rate`` per kind.
+    """
+
+    def __init__(self, upstream: str, rate: float, slow_s: float, seed: int = 0):
+        self.upstream, self.rate, self.slow_s = upstream.rstrip("/"), rate, slow_s
+        self.rng = random.Random(seed)
+        self.port = free_port()
+        self.injected: Counter = Counter()
+        self.forwarded = 0
+        self.n = 0
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+
+    def start(self) -> "FaultProxy":
+        self.thread.start()
+        asyncio.run_coroutine_threadsafe(self._serve(), self.loop).result(timeout=10)
+        return self
+
+    def stop(self) -> None:
+        self.loop.call_soon_threadsafe(self.loop.stop)
+
+    async def _serve(self):
+        self.client = httpx.AsyncClient(base_url=self.upstream, timeout=300)
+        self.server = await asyncio.start_server(self._handle, "127.0.0.1", self.port)
+
+    def _pick(self) -> str | None:
+        i, self.n = self.n, self.n + 1
+        if i < len(FAULTS):
+            return FAULTS[i]
+        x = self.rng.random()
+        for k, f in enumerate(FAULTS):
+            if x < self.rate * (k + 1):
+                return f
+        return None
+
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter):
+        try:
+            head = await reader.readuntil(b"\r\n\r\n")
+            lines = head.decode().split("\r\n")
+            method, path, _ = lines[0].split(" ", 2)
+            headers = dict(line.split(": ", 1) for line in lines[1:] if ": " in line)
+            length = int(next((v for k, v in headers.items() if k.lower() == "content-length"), "0"))
+            body = await reader.readexactly(length) if length else b""
+            fault = self._pick() if method == "POST" else None
+            if fault:
+                self.injected[fault] += 1
+            if fault == "reset":
+                sock = writer.get_extra_info("socket")
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))  # RST, not FIN
+                writer.transport.abort()
+                return
+            if fault == "slow":
+                await asyncio.sleep(self.slow_s)  # longer than the client's timeout
+                writer.close()
+                return
+            if fault in ("429", "500"):
+                msg = b'{"error": "injected"}'
+                status = b"429 Too Many Requests\r\nRetry-After: 1" if fault == "429" else b"500 Internal Server Error"
+                writer.write(b"HTTP/1.1 " + status + b"\r\nContent-Type: application/json\r\nContent-Length: " + str(len(msg)).encode() + b"\r\nConnection: close\r\n\r\n" + msg)
+                await writer.drain()
+                writer.close()
+                return
+            fwd = {k: v for k, v in headers.items() if k.lower() not in ("host", "content-length", "connection", "accept-encoding")}
+            resp = await self.client.request(method, path.removeprefix("/v1") if self.upstream.endswith("/v1") else path, content=body, headers=fwd)
+            data = resp.content
+            self.forwarded += 1
+            if fault == "truncated":
+                data = data[: max(1, len(data) // 2)]  # a 200 whose JSON stops half-way
+            writer.write(f"HTTP/1.1 {resp.status_code} OK\r\nContent-Type: application/json\r\nContent-Length: {len(data)}\r\nConnection: close\r\n\r\n".encode() + data)
+            await writer.drain()
+            writer.close()
+        except (ConnectionError, asyncio.IncompleteReadError):
+            writer.close()
+
+
+def test_label_flow_survives_a_faulty_endpoint(tmp_path, llama_server):
+    """About 10% of requests get each fault (half of all requests fail); the flow completes and nothing hangs."""
+    from flows.label import label_flow
+
+    n = 8
+    src = _pairs_file(tmp_path / "pairs.jsonl", n)
+    proxy = FaultProxy(llama_server.base_url, rate=0.10, slow_s=12.0, seed=1).start()
+    try:
+        t0 = time.perf_counter()
+        s = label_flow(
+            run_dir=str(tmp_path / "run"),
+            overrides={
+                "input": str(src),
+                "batch_size": 4,
+                "backend": {"kind": "openai", "base_url": f"http://127.0.0.1:{proxy.port}/v1", "model": "smollm2", "timeout_s": 8.0, "max_retries": 8, "backoff_base_s": 0.2, "backoff_max_s": 2.0, "max_concurrency": 2},
+            },
+        )
+        elapsed = time.perf_counter() - t0
+    finally:
+        proxy.stop()
+    assert s["complete"] and s["n_in"] == n + 1 == s["n_out"] + s["n_excluded"]
+    assert set(proxy.injected) == set(FAULTS), proxy.injected  # every kind of fault happened
+    store = RunStore(tmp_path / "run")
+    rows = store.read_table("labels").to_pylist()
+    excluded = store.read_table("labels", excluded=True).to_pylist()
+    assert {r["pair_id"] for r in rows} | {e["item_id"] for e in excluded} == {f"k{i:02d}" for i in range(n)} | {"bad-empty"}
+    for e in excluded:  # each exclusion says what went wrong
+        assert e["reason"] and e["detail"]
+    for r in rows:
+        assert r["retries"] is not None and 0 <= r["p_a"] <= 1
+    recorded = sum(r["retries"] for r in rows)
+    assert s["retries"] >= sum(proxy.injected.values()) - len([e for e in excluded if e["reason"] == "backend_error"])
+    assert recorded >= 1 and recorded <= s["retries"]
+    assert elapsed < 600  # nothing hangs: bounded by timeouts x retries
+    print(f"faults injected {dict(proxy.injected)}, forwarded {proxy.forwarded}, retries {s['retries']} (on rows {recorded}), {elapsed:.0f} s")
