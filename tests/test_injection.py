@@ -46,7 +46,7 @@ def test_injected_tags_are_neutralised_and_cannot_close_the_block(attack):
     # the whole injected response, attack included, is the body of response_1: nothing after it escaped
     assert b["response_1"] == neutralise(injected) and b["response_1"].startswith(REAL)
     assert b["response_2"] == "Lyon."
-    assert not re.search(r"<\s*/?\s*(" + "|".join(TAGS) + r")\s*>", b["response_1"], re.I)
+    assert not re.search(r"<\s*/?\s*(" + "|".join(TAGS) + r")\s*>", b["response_1"], re.IGNORECASE)
     # the order of the real blocks is the template's
     assert user.index("</conversation>") < user.index("<response_1>") < user.index("</response_1>") < user.index("<response_2>")
 
