@@ -1,7 +1,7 @@
 """Generation tokens/s on the embedded model, side by side in one run:
 batched (our decode loop) vs sequential (batch 1), and llama.cpp's server on the same GGUF, single stream.
 
-Usage: .venv/bin/python bench/generation_throughput.py [--prompts 16] [--max-new-tokens 48] [--no-llama-cpp]
+Usage: .venv/bin/python bench/generation_throughput.py [--prompts 64] [--batches 8,16,32,64] [--max-new-tokens 48] [--no-llama-cpp]
 """
 
 from __future__ import annotations
@@ -52,7 +52,8 @@ def run_llama_cpp(chats, max_new_tokens: int) -> tuple[int, float] | None:
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--prompts", type=int, default=16)
+    ap.add_argument("--prompts", type=int, default=64)
+    ap.add_argument("--batches", default="8,16,32,64", help="decode batch sizes to time (each over all prompts)")
     ap.add_argument("--max-new-tokens", type=int, default=48)
     ap.add_argument("--sequential-prompts", type=int, default=4, help="batch-1 decoding is slow: time it on a prefix")
     ap.add_argument("--no-llama-cpp", action="store_true")
@@ -69,7 +70,7 @@ def main() -> None:
     tok, dt = run_backend(backend, chats[: args.sequential_prompts], params, 1)
     seq = tok / dt
     rows.append(("transformers, sequential (batch 1)", seq))
-    for bs in (8, args.prompts):
+    for bs in [int(x) for x in args.batches.split(",")]:
         tok, dt = run_backend(backend, chats, params, bs)
         rows.append((f"transformers, batched (batch {bs})", tok / dt))
     if not args.no_llama_cpp:
