@@ -36,6 +36,7 @@ class ExportOptions:
     seed: int = field(default=0, metadata={"help": "Seed of the train/test assignment of prompts."})
     min_confidence: float = field(default=0.0, metadata={"help": "preferences: drop pairs whose label confidence |2 p(A>B) - 1| is below this."})
     consistent_only: bool = field(default=False, metadata={"help": "preferences: keep only pairs whose two orders agreed (single-order and pointwise pairs have no such check and are dropped)."})
+    drop_suspected_injection: bool = field(default=False, metadata={"help": "preferences: drop pairs where a response addresses the judge (label rows' injection_flags, labelers/injection.py)."})
     license: str = field(default="other", metadata={"help": "License id for the card's metadata (e.g. cc-by-4.0); the default 'other' asserts none: pick the one your prompts and models allow."})
 
     def __post_init__(self):
@@ -89,7 +90,7 @@ def _label_provenance(r: dict) -> dict:
 
 def preference_rows(labels: list[dict], opts: ExportOptions) -> tuple[list[dict], dict]:
     """TRL preference rows from label rows, and how many each filter removed (each row counts once, first filter wins)."""
-    rows, counts = [], {"label_rows": len(labels), "ties": 0, "inconsistent": 0, "below_min_confidence": 0}
+    rows, counts = [], {"label_rows": len(labels), "ties": 0, "inconsistent": 0, "below_min_confidence": 0, "suspected_injection": 0}
     for r in labels:
         if r["hard_label"] == "tie" or r["p_a"] is None:
             counts["ties"] += 1
@@ -99,6 +100,9 @@ def preference_rows(labels: list[dict], opts: ExportOptions) -> tuple[list[dict]
             continue
         if r["confidence"] is None or r["confidence"] < opts.min_confidence:
             counts["below_min_confidence"] += 1
+            continue
+        if opts.drop_suspected_injection and r.get("injection_flags"):
+            counts["suspected_injection"] += 1
             continue
         a_wins = r["p_a"] >= 0.5
         rows.append(
@@ -112,6 +116,7 @@ def preference_rows(labels: list[dict], opts: ExportOptions) -> tuple[list[dict]
                 "chosen_was": "A" if a_wins else "B",
                 "orders": r["orders"],
                 "principle_ids": r["principle_ids"],
+                "injection_flags": r.get("injection_flags") or [],
                 **_label_provenance(r),
                 "pair_id": r["pair_id"],
                 "prompt_id": r["prompt_id"],
@@ -259,6 +264,7 @@ def count_line(name: str, c: dict, opts: ExportOptions) -> str:
         return (
             f"{c['label_rows']} label rows = {c['exported']} exported + {c['ties']} ties (hard label `tie`, left out) + "
             f"{c['inconsistent']} inconsistent (consistent_only={opts.consistent_only}) + {c['below_min_confidence']} below min_confidence={opts.min_confidence}"
+            f" + {c.get('suspected_injection', 0)} suspected injection (drop_suspected_injection={opts.drop_suspected_injection})"
         )
     if name == "pointwise":
         return f"{c['pointwise_label_rows']} pointwise label rows, {c['ratings']} ratings -> {c['exported']} (prompt, response) rows"

@@ -97,6 +97,7 @@ LABELS = pa.schema(
         ("score_b", pa.float64()),
         ("prob_source", pa.string()),
         ("retries", pa.int32()),  # backend retries spent on this pair (429, 5xx, resets, timeouts, malformed replies)
+        ("injection_flags", pa.list_(pa.string())),  # "A:verdict_claim"...: a response addresses the judge (labelers/injection.py)
         ("truncated", pa.bool_()),
         ("raw", pa.string()),
         ("labeler_model", pa.string()),

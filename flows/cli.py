@@ -310,6 +310,7 @@ def export(
     seed: int = typer.Option(_EXPORT.seed, help=option_help("seed")),
     min_confidence: float = typer.Option(_EXPORT.min_confidence, help=option_help("min_confidence")),
     consistent_only: bool = typer.Option(_EXPORT.consistent_only, "--consistent-only", help=option_help("consistent_only")),
+    drop_suspected_injection: bool = typer.Option(_EXPORT.drop_suspected_injection, "--drop-suspected-injection", help=option_help("drop_suspected_injection")),
     license: str = typer.Option(_EXPORT.license, "--license", help=option_help("license")),
     report: Optional[str] = typer.Option(None, "--report", help="Agreement report folder (its metrics.json) for the card; default: a metrics.json in RUN_DIR or one folder below it."),
 ) -> None:
@@ -317,7 +318,7 @@ def export(
     from flows.export import export_run
 
     try:
-        out = export_run(run_dir, to_dir, repo_id, private, report, test_size=test_size, seed=seed, min_confidence=min_confidence, consistent_only=consistent_only, license=license)
+        out = export_run(run_dir, to_dir, repo_id, private, report, test_size=test_size, seed=seed, min_confidence=min_confidence, consistent_only=consistent_only, drop_suspected_injection=drop_suspected_injection, license=license)
     except AIFeedbackError as exc:
         _fail(exc)
     table = Table("config", *out["splits"], title=f"exported to {out['to_dir']}")
@@ -327,7 +328,7 @@ def export(
     from aifeedback.export import count_line
 
     for name, counts in out["counts"].items():
-        console.print(f"{name}: {count_line(name, counts, ExportOptions(test_size=test_size, seed=seed, min_confidence=min_confidence, consistent_only=consistent_only, license=license))}")
+        console.print(f"{name}: {count_line(name, counts, ExportOptions(test_size=test_size, seed=seed, min_confidence=min_confidence, consistent_only=consistent_only, drop_suspected_injection=drop_suspected_injection, license=license))}")
     for note in out["notes"]:
         console.print(f"[yellow]note:[/] {note}")
     for path in out["agreement_reports"]:

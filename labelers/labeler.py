@@ -18,6 +18,7 @@ from aifeedback.config import LabelConfig, SamplingConfig
 from aifeedback.constitution import Constitution
 from aifeedback.records import exclusion
 
+from .injection import pair_flags
 from .scores import apply_temperature, calibrate, expected_score, hard_label, normalised_reward, p_greater, position_preferred
 from .templates import Template
 
@@ -228,6 +229,7 @@ class Labeler:
             **extra,
             "prob_source": "parsed" if "parsed" in sources else "logprobs",
             "retries": sum(r.retries for _, r in entries),
+            "injection_flags": pair_flags(p.pair["response_a"], p.pair["response_b"]),
             "truncated": p.truncated,
             "raw": "; ".join(raw_texts)[:2000] if raw_texts else None,
             "labeler_model": labeler_id,

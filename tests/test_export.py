@@ -123,7 +123,7 @@ def test_filters_remove_what_they_should_and_counts_add_up(runs, tmp_path):
     for consistent_only in (False, True):
         summary = export_run(str(runs["main"]), str(tmp_path / f"c{consistent_only}"), min_confidence=threshold, consistent_only=consistent_only)
         c = summary["counts"]["preferences"]
-        assert c["label_rows"] == len(labels) == c["exported"] + c["ties"] + c["inconsistent"] + c["below_min_confidence"]
+        assert c["label_rows"] == len(labels) == c["exported"] + c["ties"] + c["inconsistent"] + c["below_min_confidence"] + c["suspected_injection"]
         assert c["ties"] == len(ties)
         kept = [r for r in decided if r["consistent"] is True or not consistent_only]
         assert c["inconsistent"] == len(decided) - len(kept)

@@ -52,7 +52,7 @@ def test_keys_appear_in_no_file_and_no_log_line(tmp_path, llama_server):
     env.pop("PREFECT_API_URL", None)
     run = tmp_path / "run"
     steps = [
-        ["label", "--run-dir", str(run), "--input", str(pairs), "--backend", "openai", "--base-url", llama_server.base_url, "--model", "smollm2"],
+        ["label", "--run-dir", str(run), "--input", str(pairs), "--backend", "openai", "--base-url", llama_server.base_url, "--model", "smollm2", "--set", "tie_margin=0"],
         ["agreement", "--human", str(human), "--human-format", "generic", "--run", f"ai={run}", "--out", str(run / "agreement")],
         ["export", "--run-dir", str(run), "--to-dir", str(tmp_path / "export"), "--repo-id", "someone/aif-secrets-test"],
     ]
@@ -63,8 +63,8 @@ def test_keys_appear_in_no_file_and_no_log_line(tmp_path, llama_server):
         logs.append(out.stdout + out.stderr)
         codes.append(out.returncode)
     assert codes[0] == 0 and codes[1] == 0, logs[:2]
-    assert codes[2] == 2 and "error" in logs[2].lower()  # the push fails offline, with a clear message
-    assert (tmp_path / "export" / "README.md").is_file()  # and leaves the local export
+    assert codes[2] == 2 and "error" in logs[2].lower(), logs[2]  # the push fails offline, with a clear message
+    assert (tmp_path / "export" / "README.md").is_file(), logs[2]  # and leaves the local export
     assert (run / "agreement" / "report.html").is_file() or any((run / "agreement").rglob("report.html"))
     for text in logs:
         for n in needles:
