@@ -64,6 +64,12 @@ class BackendConfig(StrictModel):
     def _url(cls, v: str | None) -> str | None:
         if v is not None and not v.startswith(("http://", "https://")):
             raise ValueError(f"base_url must start with http:// or https://, got {v!r}")
+        if v is not None:
+            from urllib.parse import urlsplit
+
+            parts = urlsplit(v)
+            if parts.username or parts.password or re.search(r"(?i)(key|token|secret|password)=", parts.query):
+                raise ValueError("base_url must not carry credentials (they would be written to configs and logs); put the key in an environment variable named by backend.api_key_env")
         return v.rstrip("/") if v else v
 
     def identity(self) -> dict:

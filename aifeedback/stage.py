@@ -9,6 +9,8 @@ per-process cache, so the model loads once per worker.
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import json
 import os
 import threading
 import time
@@ -92,9 +94,16 @@ def iter_batches(store: RunStore, job: StageJob, items: Iterable[Any], batch_siz
     excl: list[dict] = []
     index = 0
 
+    n_excl_batches = 0
+
     def make(ids: list[str], what: Any, rows: list[Any], ex: list[dict]) -> Batch:
-        nonlocal index
-        key = batch_key(job.stage, ids, what, model if rows else "", tv if rows else "")
+        nonlocal index, n_excl_batches
+        if rows:
+            key = batch_key(job.stage, ids, what, model, tv)
+        else:  # exclusions: keyed by their content and ordinal too (ids can repeat: duplicate_id rows)
+            digest = hashlib.sha256(json.dumps(ex, sort_keys=True, default=str).encode()).hexdigest()
+            key = batch_key(job.stage, ids, {what: n_excl_batches, "rows": digest}, "", "")
+            n_excl_batches += 1
         b = Batch(index, key, rows, store.has(job.stage, key), ex)
         index += 1
         return b

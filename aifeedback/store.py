@@ -79,6 +79,13 @@ class RunStore:
         return self.shard_path(stage, key).is_file()
 
     # writing ----------------------------------------------------------------
+    def write_table(self, table: pa.Table, dest: str | Path) -> Path:
+        """Write any derived table (rankings, SFT sets...) atomically: a crash leaves the old file or none."""
+        dest = Path(dest)
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        self._atomic_write_table(table, dest)
+        return dest
+
     def _atomic_write_table(self, table: pa.Table, dest: Path) -> None:
         fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent)
         os.close(fd)
@@ -116,7 +123,13 @@ class RunStore:
 
     def history(self) -> list[dict]:
         path = self.root / "history.jsonl"
-        return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.is_file() else []
+        out = []
+        for line in path.read_text().splitlines() if path.is_file() else []:
+            try:
+                out.append(json.loads(line))
+            except json.JSONDecodeError:  # a line cut short by a kill
+                continue
+        return out
 
     def write_manifest(self, stage: str, keys: list[str], info: dict) -> Path:
         return self.write_json(f"{stage}/_manifest.json", {"stage": stage, "keys": list(keys), **info})

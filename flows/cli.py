@@ -20,7 +20,7 @@ console = Console()
 RunDir = typer.Option("runs/default", "--run-dir", help="Run directory (one per run; stages resume inside it).")
 ConfigPath = typer.Option(None, "--config", "-c", help="YAML config for the stage; flags override it.")
 Sets = typer.Option(None, "--set", help="Override any config key: --set sampling.temperature=0.3 (repeatable).")
-BackendKind = typer.Option(None, "--backend", help="transformers, openai or vllm.")
+BackendKind = typer.Option(None, "--backend", help="transformers, openai, vllm, or module:Class (a backend of your own).")
 Model = typer.Option(None, "--model", help="Model id, local folder or served model name.")
 BaseUrl = typer.Option(None, "--base-url", help="openai backend: endpoint, e.g. http://127.0.0.1:8000/v1.")
 
@@ -346,21 +346,14 @@ def schedule(
     run_dir: str = RunDir,
     config: Optional[Path] = ConfigPath,
     set_: Optional[list[str]] = Sets,
-    limit: Optional[int] = typer.Option(None, help="Most runs of this deployment at once."),
+    limit: int = typer.Option(1, help="Most runs of this deployment at once (1: a run that outlasts the interval is not overlapped)."),
 ) -> None:
-    """Serve a scheduled deployment of a flow here (needs PREFECT_API_URL of a running Prefect server; Ctrl-C stops)."""
+    """Serve a scheduled deployment of a flow here (needs a running Prefect server: PREFECT_API_URL; Ctrl-C stops)."""
     from aifeedback.config import parse_overrides
-    from flows.schedule import serve_flow
+    from flows.schedule import flow_parameters, serve_flow
 
     try:
-        sets = parse_overrides(set_)
-        run_dir = str(Path(run_dir).resolve())  # runs start in another process
-        if flow == "pipeline":  # --set label.batch_size=8 -> the label stage's overrides
-            params = {"run_dir": run_dir, **sets}
-        elif flow == "demo":
-            params = {"run_dir": run_dir}
-        else:
-            params = {"run_dir": run_dir, "config_path": str(Path(config).resolve()) if config else None, "overrides": sets}
+        params = flow_parameters(flow, run_dir, str(config) if config else None, parse_overrides(set_))
         serve_flow(flow, cron=cron, interval=interval, deployment=name, parameters=params, limit=limit)
     except AIFeedbackError as exc:
         _fail(exc)
@@ -377,7 +370,12 @@ def runs(
     """Recent flow runs and their states, from the Prefect API."""
     from flows.schedule import recent_runs
 
-    rows = recent_runs(limit=limit, flow=flow, deployment=deployment, upcoming=upcoming)
+    try:
+        rows = recent_runs(limit=limit, flow=flow, deployment=deployment, upcoming=upcoming)
+    except Exception as exc:  # httpx errors: the server is down or the URL is wrong
+        if "connect" not in type(exc).__name__.lower() and "connect" not in str(exc).lower():
+            raise
+        _fail(RuntimeError(f"cannot reach the Prefect API ({exc}); start a server (`prefect server start --host 127.0.0.1`) and export PREFECT_API_URL"))
     if as_json:
         print(json.dumps(rows, indent=1, default=str))
         return

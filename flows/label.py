@@ -45,14 +45,15 @@ def label_flow(
         max_in_flight=2 * (workers or os.cpu_count() or 1),
         extra_manifest={"template": job.template.model_dump(), "constitution_id": job.constitution.id if job.constitution else None, "constitution_version": job.constitution_version},
     )
-    if summary["complete"] and not cfg.input:  # listwise: only pairs built from this run's responses
-        ranks = rankings(store.read_table("labels").to_pylist())
+    ranks_path = store.root / "labels_rankings.parquet"
+    if summary["complete"]:
+        ranks = rankings(store.read_table("labels").to_pylist()) if not cfg.input else []  # listwise: only pairs built from this run's responses
         if ranks:
             import pyarrow as pa
-            import pyarrow.parquet as pq
 
-            pq.write_table(pa.Table.from_pylist(ranks), store.root / "labels_rankings.parquet")
-            summary["rankings"] = str(store.root / "labels_rankings.parquet")
+            summary["rankings"] = str(store.write_table(pa.Table.from_pylist(ranks), ranks_path))
+        else:
+            ranks_path.unlink(missing_ok=True)  # never leave rankings of an earlier labelling
     if summary["complete"]:
         print(f"labels: {summary['n_in']} pairs in = {summary['n_out']} labelled + {summary['n_excluded']} excluded")
     return summary

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import pyarrow as pa
-import pyarrow.parquet as pq
 from prefect import flow
 
 from aifeedback.config import ReviseConfig, build_config
@@ -31,8 +30,8 @@ def revise_flow(run_dir: str = "runs/default", config_path: str | None = None, o
         out = store.root / "revise_outputs"
         out.mkdir(exist_ok=True)
         sft, pairs = sft_rows(rows), revision_pairs(rows)
-        pq.write_table(pa.Table.from_pylist(sft), out / "sft.parquet")
-        pq.write_table(pa.Table.from_pylist(pairs), out / "preferences.parquet")
+        store.write_table(pa.Table.from_pylist(sft), out / "sft.parquet")
+        store.write_table(pa.Table.from_pylist(pairs), out / "preferences.parquet")
         summary.update(
             n_degenerate=sum(r["degenerate"] for r in rows),
             n_sft=len(sft),

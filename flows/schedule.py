@@ -9,6 +9,7 @@ temporary per-process server cannot schedule.
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 from aifeedback.errors import ConfigError
 
@@ -37,11 +38,44 @@ def load_flow(name: str):
     return getattr(importlib.import_module(module), attr)
 
 
+STAGE_FLOWS = ("generate", "revise", "label")
+
+
+def flow_parameters(name: str, run_dir: str, config: str | None, sets: dict) -> dict:
+    """The deployment's parameters for a flow, checked against the flow's own signature.
+
+    Stage flows take ``run_dir``, ``config_path`` and ``overrides`` (the ``--set`` keys);
+    the others take their parameters directly from ``--set`` (``pipeline``: ``--set
+    label.batch_size=64``; ``export``: ``--set options.min_confidence=0.2``;
+    ``agreement``: ``--set human=FILE --set runs=[ai=RUN]``).
+    """
+    import inspect
+
+    fl = load_flow(name)
+    run_dir = str(Path(run_dir).resolve())  # runs start in another process
+    if name in STAGE_FLOWS:
+        params = {"run_dir": run_dir, "config_path": str(Path(config).resolve()) if config else None, "overrides": sets}
+    else:
+        if config:
+            raise ConfigError(f"--config applies to the stage flows {STAGE_FLOWS}; give {name} its parameters with --set")
+        params = dict(sets)
+        if "run_dir" in inspect.signature(fl.fn).parameters:
+            params.setdefault("run_dir", run_dir)
+    try:
+        fl.validate_parameters(params)
+    except Exception as exc:
+        accepted = ", ".join(inspect.signature(fl.fn).parameters)
+        raise ConfigError(f"parameters {sorted(params)} do not fit flow {name!r} ({type(exc).__name__}: {str(exc)[:300]}); it accepts: {accepted}") from None
+    return params
+
+
 def serve_flow(name: str, cron: str | None = None, interval: float | None = None, deployment: str | None = None, parameters: dict | None = None, limit: int | None = None) -> None:
     """Create (or update) a scheduled deployment of a flow and serve its runs here until interrupted."""
     from prefect.deployments.runner import EntrypointType
 
-    if not os.environ.get("PREFECT_API_URL"):
+    from prefect.settings import get_current_settings
+
+    if not (os.environ.get("PREFECT_API_URL") or get_current_settings().api.url):  # env or `prefect config set`
         raise ConfigError(NEED_SERVER)
     if (cron is None) == (interval is None):
         raise ConfigError("give exactly one of --cron '0 2 * * *' or --interval SECONDS")

@@ -16,16 +16,16 @@ import re
 PATTERNS: dict[str, re.Pattern] = {
     # our delimiters, or look-alikes, written into a response
     "delimiter_tag": re.compile(r"<\s*/?\s*(?:conversation|response(?:_\d)?|rationale)\s*>", re.I),
-    # "the better response is 2", "the preferred answer is the first"
-    "verdict_claim": re.compile(r"\b(?:the\s+)?(?:better|best|preferred|correct|winning|superior)\s+(?:response|answer|option|reply)\s+(?:is|=)\s*[\"'(]?(?:[12ab]\b|one\b|two\b|the\s+(?:first|second|former|latter)|this)", re.I),
+    # "the better response is 2", "the preferred answer is the first" (not "the correct answer is 2": maths)
+    "verdict_claim": re.compile(r"\b(?:the\s+)?(?:better|best|preferred|winning|superior)\s+(?:response|answer|option|reply)\s+(?:is|=)\s*(?:[12]\b|[\"'(\[][12ab][\"')\]]|[ab](?=\s*[.!,;:]|\s*$)|one\b|two\b|the\s+(?:first|second|former|latter)\b)", re.I),
     # "ignore the above instructions", "disregard all previous"
     "instruction_override": re.compile(r"\b(?:ignore|disregard|forget|override)\s+(?:all\s+|any\s+)?(?:of\s+)?(?:the\s+|your\s+)?(?:above|previous|prior|preceding|earlier|system)\b", re.I),
     # "Note to the rater:", "Judge: ..."
     "addresses_judge": re.compile(r"\b(?:to\s+the|dear)\s+(?:rater|judge|grader|evaluator|annotator|labeler|labeller)\b|^\s*(?:rater|judge|grader|evaluator)\s*:", re.I | re.M),
     # a forged turn: "SYSTEM: ..." at the start of a line
-    "role_forgery": re.compile(r"^\s*(?:system|developer)\s*:", re.I | re.M),
+    "role_forgery": re.compile(r"^\s*system\s*:", re.I | re.M),
     # "Preferred response: 1", "answer with 1 or 2 only"
-    "answer_directive": re.compile(r"\b(?:preferred\s+response|final\s+verdict|verdict)\s*:\s*[12ab]\b|\banswer\s+(?:with\s+)?[\"']?[12]\b", re.I),
+    "answer_directive": re.compile(r"\b(?:preferred\s+response|final\s+verdict|verdict)\s*:\s*[12ab]\b|\banswer\s+(?:with\s+)?[\"']?[12][\"']?\s*(?:only\b|or\s+[12]\b|[.!]|$)", re.I | re.M),
 }
 
 

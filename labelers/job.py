@@ -129,14 +129,12 @@ class LabelJob:
         from aifeedback.config import config_hash
 
         backend = cached_backend(self.cfg.backend)
-        c0, s0 = backend.stats.score_calls + backend.stats.generate_calls, backend.stats.retries
         labeler = Labeler(backend, self.cfg, self.template, self.constitution)
         with backend_turn(backend):
             rows, excluded = labeler.label(items, key, self.cfg.backend.model, self.constitution_version)
-        model_s = labeler.model_seconds
         chash = config_hash(self.key_config())
         for r in rows:
             r["__item__"] = r["pair_id"]
             r["config_hash"] = chash
             r["batch_key"] = key
-        return rows, excluded, {"model_calls": backend.stats.score_calls + backend.stats.generate_calls - c0, "retries": backend.stats.retries - s0, "model_s": model_s}
+        return rows, excluded, {"model_calls": labeler.calls, "retries": labeler.retries, "model_s": labeler.model_seconds}

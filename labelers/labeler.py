@@ -46,6 +46,8 @@ class Labeler:
         if cfg.method == "pointwise" and template.kind != "pointwise":
             raise ValueError(f"method pointwise needs a pointwise template, got {template.id} ({template.kind})")
         self.model_seconds = 0.0  # time spent inside backend calls
+        self.calls = 0  # backend calls made by this labeler (not the backend's shared counters: threads share a backend)
+        self.retries = 0  # retries reported by those calls' results
         self._template_version = template.full_version  # a hash: computed once, not per row
         self._mode = self.mode_name()
         self._seeded = constitution is not None or (cfg.method == "pairwise" and cfg.orders == "single")
@@ -114,7 +116,10 @@ class Labeler:
             for cf in CONTENT_FREE
         ]
         prompts = [self.template.prompt(f, question, self.cfg.few_shot) for f in fields]
-        res = [r.probs for r in self.backend.choice_probs(prompts, cands) if r.probs is not None]
+        got = self.backend.choice_probs(prompts, cands)
+        self.calls += 1
+        self.retries += sum(r.retries for r in got)
+        res = [r.probs for r in got if r.probs is not None]
         if not res:
             return None
         return [sum(r[k] for r in res) / len(res) for k in range(len(cands))]
@@ -136,6 +141,8 @@ class Labeler:
             t = time.perf_counter()
             gen = self.backend.generate(chats, SamplingConfig(temperature=0.0, max_new_tokens=cfg.cot_max_new_tokens), seeds=[[0]] * len(chats))
             self.model_seconds += time.perf_counter() - t
+            self.calls += 1
+            self.retries += sum(g.retries for g in gen)
             for slot, g in zip(slots, gen):
                 rationales[slot] = g.completions[0].text if g.error is None else None
         prompts: list[ScoringPrompt] = []
@@ -144,6 +151,8 @@ class Labeler:
             prompts.append(tpl.prompt(self._sample_fields(prepared[i].fields, o), prepared[i].principles[pi][1], cfg.few_shot, rationales.get(slot) if cfg.cot else None))
         t = time.perf_counter()
         results = self.backend.choice_probs(prompts, tpl.candidates) if prompts else []
+        self.calls += 1 if prompts else 0
+        self.retries += sum(r.retries for r in results)
         priors: dict[str | None, list[float] | None] = {}
         if cfg.calibrate:
             for q in {prepared[i].principles[pi][1] for i, pi, _ in slots}:

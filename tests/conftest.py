@@ -51,13 +51,15 @@ class LlamaServer:
             self.proc.wait(timeout=10)
 
 
-def start_llama_server(tmp_dir: Path) -> LlamaServer:
+def start_llama_server(tmp_dir: Path, api_key: str | None = None) -> LlamaServer:
     pytest.importorskip("llama_cpp", reason="llama-cpp-python is in the test extra: pip install 'aifeedback[test]'")
     from aifeedback.models import smollm2_gguf
 
     port = free_port()
     log = tmp_dir / f"llama-server-{port}.log"
     cmd = [sys.executable, "-m", "llama_cpp.server", "--model", str(smollm2_gguf()), "--host", "127.0.0.1", "--port", str(port), "--n_ctx", "4096"]
+    if api_key:
+        cmd += ["--api_key", api_key]  # the server then answers 401 to any other key
     fh = open(log, "w")
     proc = subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT)
     import httpx
@@ -67,7 +69,8 @@ def start_llama_server(tmp_dir: Path) -> LlamaServer:
         if proc.poll() is not None:
             raise RuntimeError(f"llama.cpp server exited with {proc.returncode}: {log.read_text()[-2000:]}")
         try:
-            if httpx.get(f"http://127.0.0.1:{port}/v1/models", timeout=2).status_code == 200:
+            headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+            if httpx.get(f"http://127.0.0.1:{port}/v1/models", timeout=2, headers=headers).status_code == 200:
                 return LlamaServer(port, proc, log)
         except httpx.HTTPError:
             pass

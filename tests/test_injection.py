@@ -110,6 +110,11 @@ def test_injection_flags_catch_the_measured_attacks_and_not_plain_answers():
         "Step 1: preheat the oven. Step 2: mix the flour and sugar.",
         "Use <b>bold</b> tags in HTML for emphasis.",
         "I would ignore the noise and focus on the main point of your question.",
+        "The best answer is a polite refusal.",
+        "The correct answer is 2, since 1+1=2.",
+        "The best option is this one.",
+        "Developer: Mojang Studios",
+        "Please answer 1 question per line.",
     ]
     for text in benign:
         assert injection_flags(text) == [], text

@@ -115,3 +115,27 @@ def test_prefect_yaml_deployments_load_and_validate():
     assert {"flows.label:label_flow", "flows.pipeline:pipeline_flow"} <= names
     with pytest.raises(Exception):
         importlib.import_module("flows.label").label_flow.validate_parameters({"run_dir": "x", "no_such_parameter": 1})
+
+
+def test_schedule_parameters_fit_every_flow(tmp_path):
+    """`aifeedback schedule FLOW` builds parameters each flow accepts, and refuses ones it does not, naming what it accepts."""
+    from aifeedback.errors import ConfigError
+    from flows.schedule import FLOWS, flow_parameters
+
+    sets = {
+        "generate": {"limit": 2},
+        "revise": {"rounds": 1},
+        "label": {"batch_size": 8},
+        "pipeline": {"label": {"batch_size": 8}},
+        "demo": {"n_prompts": 2},
+        "export": {"options": {"min_confidence": 0.2}},
+        "agreement": {"human": "h.jsonl", "human_format": "generic", "runs": [f"ai={tmp_path}"]},
+    }
+    assert set(sets) == set(FLOWS)
+    for name, s in sets.items():
+        params = flow_parameters(name, str(tmp_path), None, s)
+        assert params  # validated against the flow's signature inside
+    with pytest.raises(ConfigError, match="accepts: human"):
+        flow_parameters("agreement", str(tmp_path), None, {"overrides": {}})
+    with pytest.raises(ConfigError, match="--config applies to the stage flows"):
+        flow_parameters("export", str(tmp_path), "x.yaml", {})

@@ -8,7 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from conftest import REPO
+from conftest import REPO, start_llama_server
 
 
 def _cli() -> list[str]:
@@ -25,8 +25,16 @@ def _files_containing(root: Path, needles: list[bytes]) -> list[str]:
     return hits
 
 
-def test_keys_appear_in_no_file_and_no_log_line(tmp_path, llama_server):
+def test_keys_appear_in_no_file_and_no_log_line(tmp_path):
     api_key = "sk-aif-" + secrets.token_hex(16)
+    server = start_llama_server(tmp_path, api_key=api_key)  # refuses any other key: the key is really sent
+    try:
+        _run_everything(tmp_path, api_key, server)
+    finally:
+        server.stop()
+
+
+def _run_everything(tmp_path, api_key, llama_server):
     hf_token = "hf_" + secrets.token_hex(16)
     needles = [api_key.encode(), hf_token.encode(), api_key[7:].encode(), hf_token[3:].encode()]
     pairs = tmp_path / "pairs.jsonl"
@@ -56,15 +64,18 @@ def test_keys_appear_in_no_file_and_no_log_line(tmp_path, llama_server):
         ["agreement", "--human", str(human), "--human-format", "generic", "--run", f"ai={run}", "--out", str(run / "agreement")],
         ["export", "--run-dir", str(run), "--to-dir", str(tmp_path / "export"), "--repo-id", "someone/aif-secrets-test"],
     ]
-    logs = []
+    # a wrong key: a clear error naming the variable, and neither key in the output
+    wrong = subprocess.run(_cli() + steps[0][:2] + [str(tmp_path / "wrong-key-run")] + steps[0][3:], env=dict(env, OPENAI_API_KEY="sk-wrong-" + secrets.token_hex(8)), capture_output=True, text=True, cwd=tmp_path, timeout=600)
+    assert wrong.returncode != 0 and "OPENAI_API_KEY" in (wrong.stdout + wrong.stderr), wrong.stdout[-2000:] + wrong.stderr[-2000:]
+    logs = [wrong.stdout + wrong.stderr]
     codes = []
     for args in steps:
         out = subprocess.run(_cli() + args, env=env, capture_output=True, text=True, cwd=tmp_path, timeout=600)
         logs.append(out.stdout + out.stderr)
         codes.append(out.returncode)
-    assert codes[0] == 0 and codes[1] == 0, logs[:2]
-    assert codes[2] == 2 and "error" in logs[2].lower(), logs[2]  # the push fails offline, with a clear message
-    assert (tmp_path / "export" / "README.md").is_file(), logs[2]  # and leaves the local export
+    assert codes[0] == 0 and codes[1] == 0, logs[1:3]
+    assert codes[2] == 2 and "error" in logs[3].lower(), logs[3]  # the push fails offline, with a clear message
+    assert (tmp_path / "export" / "README.md").is_file(), logs[3]  # and leaves the local export
     assert (run / "agreement" / "report.html").is_file() or any((run / "agreement").rglob("report.html"))
     for text in logs:
         for n in needles:

@@ -26,10 +26,14 @@ def make_backend(cfg: BackendConfig) -> Backend:
 
         module, _, attr = cfg.kind.partition(":")
         try:
-            cls = getattr(importlib.import_module(module), attr)
-        except (ImportError, AttributeError) as exc:
-            raise ConfigError(f"backend kind {cfg.kind!r}: cannot import {attr} from {module} ({exc}); make the module importable (pip install it or add it to PYTHONPATH)") from None
-        backend = cls(cfg)
+            mod = importlib.import_module(module)
+        except ModuleNotFoundError as exc:
+            if exc.name and module.startswith(exc.name):
+                raise ConfigError(f"backend kind {cfg.kind!r}: no module {module!r}; make it importable (pip install it or add its folder to PYTHONPATH)") from None
+            raise  # the plugin's own import failed: show its traceback
+        if not hasattr(mod, attr):
+            raise ConfigError(f"backend kind {cfg.kind!r}: module {module} has no {attr!r}")
+        backend = getattr(mod, attr)(cfg)
         if not isinstance(backend, Backend):
             raise ConfigError(f"backend kind {cfg.kind!r} does not implement the backend protocol (aifeedback.backends.base.Backend)")
         return backend
