@@ -13,7 +13,6 @@ from typing import Any
 import pyarrow.parquet as pq
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
-from prefect.utilities.annotations import quote  # Prefect must not walk a batch of thousands of items
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from aifeedback.provenance import git_commit, library_versions
@@ -79,12 +78,12 @@ def execute_stage(
                 continue
             n_submitted += 1
             if task_runner is not None:
-                pending.append(task_runner.submit(stage_batch, parameters={"store_root": str(store.root), "job": quote(job), "batch": quote(b)}))
+                pending.append(task_runner.submit(stage_batch, parameters={"store_root": str(store.root), "job": job, "batch": b}))
                 while len(pending) >= max_in_flight:
                     results.append(pending.popleft().result())
                     bar.advance(tid)
             else:
-                results.append(stage_batch(str(store.root), quote(job), quote(b)))
+                results.append(stage_batch(str(store.root), job, b))
                 bar.advance(tid)
         while pending:
             results.append(pending.popleft().result())
@@ -156,7 +155,26 @@ def make_task_runner(runner: str, workers: int | None = None, ray_address: str |
         init: dict = {"include_dashboard": False, "log_to_driver": False}
         if not ray_address:
             init["num_cpus"] = workers or os.cpu_count() or 1
+        api_url = _api_url()
+        if api_url:  # workers report to this process's Prefect API instead of each starting a temporary server
+            init["runtime_env"] = {"env_vars": {"PREFECT_API_URL": api_url}}
         return RayTaskRunner(address=ray_address, init_kwargs=init)
     from aifeedback.errors import ConfigError
 
     raise ConfigError(f"unknown runner {runner!r}; use one of {RUNNERS}")
+
+
+def _api_url() -> str | None:
+    """The Prefect API this process talks to: the configured one, or its temporary server's."""
+    from prefect.settings import get_current_settings
+
+    url = os.environ.get("PREFECT_API_URL") or get_current_settings().api.url
+    if url:
+        return str(url)
+    try:
+        from prefect.server.api.server import SubprocessASGIServer
+
+        running = [srv for srv in SubprocessASGIServer._instances.values() if srv.running]
+        return running[0].api_url if running else None
+    except Exception:  # a Prefect without that class: workers fall back to their own temporary server
+        return None

@@ -73,7 +73,7 @@ def test_every_config_round_trips_with_provenance(runs, tmp_path):
         meta = _card_meta(out)
         assert {c["config_name"] for c in meta["configs"]} == want and meta["license"] == "other"
         for config, splits in tables.tables.items():
-            loaded = datasets.load_dataset(str(out), config)
+            loaded = datasets.load_dataset(str(out), config, cache_dir=str(tmp_path / "hf-cache"))
             assert set(loaded) == set(splits)
             for split, table in splits.items():
                 assert loaded[split].to_list() == table.to_pylist()
@@ -85,7 +85,7 @@ def test_every_config_round_trips_with_provenance(runs, tmp_path):
     assert any("sft, revision_preferences: the run has no revisions stage" in n for n in tables.notes)
 
     main = tmp_path / "main"
-    prefs = [r for s in ("train", "test") for r in datasets.load_dataset(str(main), "preferences").get(s, [])]
+    prefs = [r for s in ("train", "test") for r in datasets.load_dataset(str(main), "preferences", cache_dir=str(tmp_path / "hf-cache")).get(s, [])]
     labels_manifest = json.loads((runs["main"] / "labels" / "_manifest.json").read_text())
     for r in prefs:  # provenance on every row
         assert r["labeler_model"] == labels_manifest["model"] and r["template_version"] == labels_manifest["template_version"]
@@ -97,7 +97,7 @@ def test_every_config_round_trips_with_provenance(runs, tmp_path):
     split_of = assign_splits(run_prompts, 0.25, 3)
     assert len(run_prompts) == len(PAIRS) and sorted(split_of.values()).count("test") == 2
     for config in ("preferences", "sft"):
-        for split, ds in datasets.load_dataset(str(main), config).items():
+        for split, ds in datasets.load_dataset(str(main), config, cache_dir=str(tmp_path / "hf-cache")).items():
             assert all(split_of[prompt_key(r["prompt"] if config == "preferences" else r["messages"][:-1])] == split for r in ds)
     # the card: constitution text and hash, template, commits, configs, agreement report picked up from RUN/agreement
     card = (main / "README.md").read_text()
@@ -152,7 +152,7 @@ def test_dpo_trainer_takes_the_preferences_config_as_is(runs, tmp_path):
     from flows.export import export_run
 
     export_run(str(runs["main"]), str(tmp_path / "out"), test_size=0.0)
-    train = datasets.load_dataset(str(tmp_path / "out"), "preferences")["train"]
+    train = datasets.load_dataset(str(tmp_path / "out"), "preferences", cache_dir=str(tmp_path / "hf-cache"))["train"]
     tok = AutoTokenizer.from_pretrained(resolve("embedded/smollm2-135m-instruct").path)
     cfg = LlamaConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=512, pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id)
     torch.manual_seed(0)
@@ -176,7 +176,7 @@ def test_push_without_network_is_one_clear_error_and_leaks_no_token(runs, tmp_pa
     errors = [ln for ln in proc.stdout.splitlines() if ln.startswith("error:")]
     assert len(errors) == 1 and "could not push to someone/rlaif-test" in errors[0] and f"the local export at {out} is intact" in errors[0]
     assert "Traceback" not in proc.stdout + proc.stderr
-    assert datasets.load_dataset(str(out), "sft")["train"].num_rows > 0 and (out / "README.md").is_file()
+    assert datasets.load_dataset(str(out), "sft", cache_dir=str(tmp_path / "hf-cache"))["train"].num_rows > 0 and (out / "README.md").is_file()
     for path in [*out.rglob("*"), *runs["main"].rglob("*")]:
         if path.is_file():
             assert token.encode() not in path.read_bytes(), path
