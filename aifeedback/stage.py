@@ -8,7 +8,6 @@ per-process cache, so the model loads once per worker.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import os
@@ -25,25 +24,19 @@ from .config import BackendConfig
 from .store import RunStore, batch_key
 
 _BACKENDS: dict[str, Backend] = {}
-_LOCKS: dict[int, threading.Lock] = {}
 _CREATE = threading.Lock()
 
 
 def cached_backend(cfg: BackendConfig) -> Backend:
-    """One backend per config per process (thread-safe: a thread runner loads the model once)."""
+    """One backend per config per process (thread-safe: a thread runner loads the model once).
+
+    In-process engines serialise their own calls (transformers, vllm), so threads may share one.
+    """
     key = cfg.model_dump_json()
     with _CREATE:
         if key not in _BACKENDS:
             _BACKENDS[key] = make_backend(cfg)
-            _LOCKS[id(_BACKENDS[key])] = threading.Lock()
         return _BACKENDS[key]
-
-
-def backend_turn(backend: Backend):
-    """A context that serialises calls into an in-process model across threads (remote backends run concurrently)."""
-    if backend.capabilities.in_process and id(backend) in _LOCKS:
-        return _LOCKS[id(backend)]
-    return contextlib.nullcontext()
 
 
 class StageJob(Protocol):
@@ -73,12 +66,6 @@ class Batch:
     def __init__(self, index: int, key: str, items: list[Any], done: bool, excluded: list[dict] | None = None):
         self.index, self.key, self.items, self.done = index, key, items, done
         self.excluded = excluded or []  # input exclusions only (an exclusion batch has no items)
-
-    def __getstate__(self):
-        return (self.index, self.key, self.items, self.done, self.excluded)
-
-    def __setstate__(self, state):
-        self.index, self.key, self.items, self.done, self.excluded = state
 
     def __repr__(self) -> str:
         return f"Batch(index={self.index}, key={self.key!r}, items={len(self.items)}, done={self.done}, excluded={len(self.excluded)})"
@@ -134,10 +121,6 @@ def iter_batches(store: RunStore, job: StageJob, items: Iterable[Any], batch_siz
         yield make([job.item_id(x) for x in chunk], cfg, chunk, [])
     if excl:
         yield make([e["item_id"] for e in excl], "input-exclusions", [], excl)
-
-
-def plan(store: RunStore, job: StageJob, items: list[Any], batch_size: int) -> list[Batch]:
-    return list(iter_batches(store, job, items, batch_size))
 
 
 def run_batch(store_root: str, job: StageJob, batch: Batch) -> BatchResult:

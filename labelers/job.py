@@ -12,7 +12,7 @@ from aifeedback.constitution import Constitution, load_constitution
 from aifeedback.errors import InputError
 from aifeedback.io import iter_rows, to_messages
 from aifeedback.records import LABELS, exclusion, stable_id
-from aifeedback.stage import Excluded, backend_turn, cached_backend
+from aifeedback.stage import Excluded, cached_backend
 from aifeedback.store import RunStore
 
 from .labeler import Labeler
@@ -130,8 +130,7 @@ class LabelJob:
 
         backend = cached_backend(self.cfg.backend)
         labeler = Labeler(backend, self.cfg, self.template, self.constitution)
-        with backend_turn(backend):
-            rows, excluded = labeler.label(items, key, self.cfg.backend.model, self.constitution_version)
+        rows, excluded = labeler.label(items, key, self.cfg.backend.model, self.constitution_version)
         chash = config_hash(self.key_config())
         for r in rows:
             r["__item__"] = r["pair_id"]

@@ -11,6 +11,8 @@ GPUs; ``data_parallel_size`` runs replicas.
 
 from __future__ import annotations
 
+import threading
+
 import math
 
 from ..config import BackendConfig, SamplingConfig
@@ -44,10 +46,15 @@ class VLLMBackend:
         if cfg.max_context:
             kwargs["max_model_len"] = cfg.max_context
         self.llm = LLM(**kwargs)
+        self._lock = threading.Lock()
         self.tok = self.llm.get_tokenizer()
         self.max_context = self.llm.llm_engine.model_config.max_model_len
         self.capabilities = Capabilities(logprobs=True, prefix_reuse=True, in_process=True, token_counts_exact=True, max_context=self.max_context)
         self.stats = BackendStats()
+
+    def _generate(self, *args, **kwargs):
+        with self._lock:  # one engine call at a time per process (a thread runner shares the engine)
+            return self.llm.generate(*args, **kwargs)
 
     def render(self, messages: Chat) -> str:
         return self.tok.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
@@ -78,7 +85,7 @@ class VLLMBackend:
                     )
                 )
                 index.append((i, j, trunc))
-        outs = self.llm.generate(prompts, sps, use_tqdm=False)
+        outs = self._generate(prompts, sps, use_tqdm=False)
         results = [GenerationResult(completions=[None] * params.n) for _ in chats]  # type: ignore[list-item]
         for (i, j, trunc), o in zip(index, outs):
             c = o.outputs[0]
@@ -104,7 +111,7 @@ class VLLMBackend:
         results: list[ChoiceResult] = []
         if single:
             sp = SamplingParams(temperature=0.0, max_tokens=1, logprobs=20)
-            outs = self.llm.generate([e[0] for e in encoded], sp, use_tqdm=False)
+            outs = self._generate([e[0] for e in encoded], sp, use_tqdm=False)
             for (enc, trunc), o in zip(encoded, outs):
                 top = o.outputs[0].logprobs[0] if o.outputs[0].logprobs else {}
                 lps = [top[c[0]].logprob if c[0] in top else None for c in cand_ids]
@@ -113,7 +120,7 @@ class VLLMBackend:
         else:
             sp = SamplingParams(temperature=0.0, max_tokens=1, prompt_logprobs=0)
             reqs = [{"prompt_token_ids": e[0]["prompt_token_ids"] + c} for e in encoded for c in cand_ids]
-            outs = self.llm.generate(reqs, sp, use_tqdm=False)
+            outs = self._generate(reqs, sp, use_tqdm=False)
             k = len(candidates)
             for i, (enc, trunc) in enumerate(encoded):
                 lps = []
