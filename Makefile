@@ -1,8 +1,7 @@
 # The two commands of the README. Both set everything up from scratch (idempotent).
-.PHONY: demo test setup
-setup:
-	bash scripts/setup.sh
-demo: setup
+.PHONY: demo test
+demo:
+	bash scripts/setup.sh demo
 	.venv/bin/aifeedback demo
 test:
 	bash scripts/test.sh

@@ -60,6 +60,32 @@ def _summary(summary: dict) -> None:
 
 
 @app.command()
+def doctor(as_json: bool = typer.Option(False, "--json", help="Print the checks as JSON.")) -> None:
+    """Check this machine before a long run: CPU, torch, cache disk, backends, embedded models, Prefect, Ray.
+
+    Exits 1 when something a stage needs is broken.
+    """
+    from rich.markup import escape
+
+    from aifeedback.doctor import as_dicts, run_checks
+
+    checks = run_checks()
+    if as_json:
+        print(json.dumps(as_dicts(checks), indent=1))
+    else:
+        colour = {"ok": "green", "info": "dim", "warn": "yellow", "fail": "bold red"}
+        table = Table("check", "status", "detail", title="aifeedback doctor")
+        for c in checks:
+            table.add_row(c.name, f"[{colour[c.status]}]{c.status}[/]", escape(c.detail))
+        console.print(table)
+    failed = [c.name for c in checks if c.status == "fail"]
+    if failed:
+        if not as_json:
+            console.print(f"[bold red]broken:[/] {', '.join(failed)}")
+        raise typer.Exit(1)
+
+
+@app.command()
 def models(convert: bool = typer.Option(True, help="Convert the embedded GGUF now if it is not cached yet (about 40 s once).")) -> None:
     """Show what each default model resolves to."""
     from aifeedback.models import describe_defaults

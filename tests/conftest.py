@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -40,10 +41,42 @@ def embedded_backend():
     return cached_backend(BackendConfig())
 
 
+class ServerDied(RuntimeError):
+    """A llama.cpp server that died: its exit signal and the tail of its log, once, for every dependent test."""
+
+
+def _exit_cause(returncode: int | None) -> str:
+    if returncode is None:
+        return "still running"
+    if returncode < 0:
+        try:
+            return f"killed by signal {signal.Signals(-returncode).name} ({-returncode})"
+        except ValueError:
+            return f"killed by signal {-returncode}"
+    return f"exited with status {returncode}"
+
+
 class LlamaServer:
     def __init__(self, port: int, proc: subprocess.Popen, log: Path):
         self.port, self.proc, self.log = port, proc, log
         self.base_url = f"http://127.0.0.1:{port}/v1"
+
+    def report(self, when: str) -> str:
+        """One message: what happened, the exit cause, the log's tail, and the likely fix."""
+        tail = "\n".join(self.log.read_text(errors="replace").splitlines()[-25:])
+        rc = self.proc.poll()
+        hint = ""
+        if rc is not None and rc < 0 and -rc in (signal.SIGSEGV, signal.SIGILL, signal.SIGBUS):
+            hint = (
+                "\nA crash on the first request usually means llama-cpp-python was built for another CPU "
+                "(e.g. AMX kernels: ldtilecfg). Rebuild it portably with `bash scripts/setup.sh test` "
+                "(scripts/llama-wheel.sh), and check the machine with `aifeedback doctor`."
+            )
+        return f"llama.cpp server (pid {self.proc.pid}, port {self.port}) died {when}: {_exit_cause(rc)}.\n--- last lines of {self.log} ---\n{tail}{hint}"
+
+    def check(self, when: str = "before this test") -> None:
+        if self.proc.poll() is not None:
+            raise ServerDied(self.report(when))
 
     def stop(self) -> None:
         if self.proc.poll() is None:
@@ -51,8 +84,17 @@ class LlamaServer:
             self.proc.wait(timeout=10)
 
 
-def start_llama_server(tmp_dir: Path, api_key: str | None = None) -> LlamaServer:
-    pytest.importorskip("llama_cpp", reason="llama-cpp-python is in the test extra: pip install 'aifeedback[test]'")
+def start_llama_server(tmp_dir: Path, api_key: str | None = None, after_first_answer=None) -> LlamaServer:
+    """Start `llama_cpp.server` on the embedded GGUF and make one real completion before returning it.
+
+    `/v1/models` answering proves little: a wheel built for another CPU answers it and then dies on
+    the first completion. So the server is only handed out after a chat completion with log-probs has
+    come back; a server that dies on the way raises ServerDied with its exit signal and log tail.
+    `after_first_answer(server)` runs between the two (the crash test kills the server there).
+    """
+    pytest.importorskip("llama_cpp", reason="the tests' llama.cpp server is installed by `bash scripts/setup.sh test`")
+    import httpx
+
     from aifeedback.models import smollm2_gguf
 
     port = free_port()
@@ -61,29 +103,50 @@ def start_llama_server(tmp_dir: Path, api_key: str | None = None) -> LlamaServer
     if api_key:
         cmd += ["--api_key", api_key]  # the server then answers 401 to any other key
     fh = open(log, "w")
-    proc = subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT)
-    import httpx
-
+    server = LlamaServer(port, subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT), log)
+    headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
     deadline = time.time() + 120
-    while time.time() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"llama.cpp server exited with {proc.returncode}: {log.read_text()[-2000:]}")
+    while True:
+        server.check("while starting")
+        if time.time() > deadline:
+            server.stop()
+            raise ServerDied(server.report("after not answering /v1/models for 120 s"))
         try:
-            headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
-            if httpx.get(f"http://127.0.0.1:{port}/v1/models", timeout=2, headers=headers).status_code == 200:
-                return LlamaServer(port, proc, log)
+            if httpx.get(f"{server.base_url}/models", timeout=2, headers=headers).status_code == 200:
+                break
         except httpx.HTTPError:
             pass
         time.sleep(0.5)
-    proc.kill()
-    raise RuntimeError(f"llama.cpp server did not come up in 120 s: {log.read_text()[-2000:]}")
+    if after_first_answer is not None:
+        after_first_answer(server)
+    body = {"messages": [{"role": "user", "content": "Say hi."}], "max_tokens": 2, "logprobs": True, "top_logprobs": 2, "temperature": 0}
+    try:
+        r = httpx.post(f"{server.base_url}/chat/completions", json=body, headers=headers, timeout=120)
+        r.raise_for_status()
+        if not r.json()["choices"][0]["logprobs"]:
+            raise RuntimeError(f"the warm-up completion returned no log-probs: {r.text[:300]}")
+    except (httpx.HTTPError, KeyError, ValueError, RuntimeError) as e:
+        time.sleep(0.5)  # let a dying process finish dying, so its signal is known
+        if server.proc.poll() is not None:
+            raise ServerDied(server.report(f"on its first completion request ({type(e).__name__}: {e})")) from None
+        server.stop()
+        raise ServerDied(server.report(f"after a failed first completion ({type(e).__name__}: {e})")) from None
+    return server
 
 
 @pytest.fixture(scope="session")
-def llama_server(tmp_path_factory):
+def _llama_server_session(tmp_path_factory):
     server = start_llama_server(tmp_path_factory.mktemp("llama"))
     yield server
     server.stop()
+
+
+@pytest.fixture
+def llama_server(_llama_server_session):
+    """The session's server, checked alive before and after each test, so a crash is named as a crash."""
+    _llama_server_session.check("before this test")
+    yield _llama_server_session
+    _llama_server_session.check("during this test")
 
 
 @pytest.fixture
