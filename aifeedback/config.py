@@ -9,11 +9,14 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+import typing
 from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import Annotated, Any, ClassVar, Literal, TypeVar, Union
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, TypeAdapter, ValidationError, field_validator, model_validator
+from pydantic.fields import FieldInfo
+from pydantic_core import PydanticUndefined
 
 from .errors import ConfigError
 from .models import DEFAULT_LABELER, DEFAULT_POLICY
@@ -23,41 +26,112 @@ class StrictModel(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
 
+def Setting(default: Any = PydanticUndefined, *, affects_output: bool, **kwargs: Any) -> Any:
+    """A backend ``Field`` that says whether it can change a model output.
+
+    ``identity()`` is derived from this marker, so every backend setting must be
+    classified: one that can change an output goes into batch keys and provenance,
+    a performance or operational knob does not.
+    """
+    return Field(default, json_schema_extra={"affects_output": affects_output}, **kwargs)
+
+
+def affects_output(field: FieldInfo) -> bool | None:
+    """The ``affects_output`` marker of a backend field; None when the field is not classified."""
+    extra = field.json_schema_extra
+    return extra.get("affects_output") if isinstance(extra, dict) else None
+
+
+BUILTIN_BACKENDS = ("transformers", "openai", "vllm")
+_PLUGIN_KIND = re.compile(r"[A-Za-z_][\w.]*:[A-Za-z_]\w*")
+
+
 class BackendConfig(StrictModel):
-    kind: str = Field(
+    """Settings every backend takes; each backend kind has its own model that adds its settings.
+
+    ``BackendConfig(**settings)`` builds the model for ``settings["kind"]``
+    (``transformers`` by default), so a key of another backend is an error.
+    """
+
+    KIND: ClassVar[str | None] = None  # the kind a subclass is for; None: any module:Class
+
+    kind: str = Setting(
         "transformers",
+        affects_output=True,
         description="Which backend runs the model: transformers (in-process), openai (any OpenAI-compatible endpoint), vllm (offline engine), or module:Class for your own class implementing the backend protocol.",
     )
-    model: str = Field(DEFAULT_POLICY, description="Model id: an embedded name, a local folder or a Hugging Face id (the served model name for openai).")
-    # transformers
-    device: str = Field("auto", description="transformers: torch device; auto picks cuda when present, else cpu.")
-    dtype: Literal["float32", "bfloat16", "float16", "auto"] = Field("float32", description="transformers/vllm: weight dtype. Stay in float32 on CPUs without bf16 units.")
-    num_threads: int | None = Field(None, ge=1, description="transformers: torch intra-op threads; default is the number of cores.")
-    gen_batch_size: int = Field(32, ge=1, le=1024, description="Chats decoded together in one batch (32 was fastest on a 2-core CPU: docs/performance.md).")
-    score_batch_size: int = Field(32, ge=1, le=4096, description="Scoring prompts evaluated together (transformers, vllm).")
-    score_strategy: Literal["auto", "grouped", "batched"] = Field("auto", description="transformers: grouped scores each pair's orders together after a shared prefix (no cross-pair padding; best on CPU); batched pads many prompts into one pass (best on GPU); auto picks by device.")
-    score_batch_tokens: int = Field(12288, ge=256, description="transformers: most padded prompt tokens in one scoring forward pass.")
-    max_context: int | None = Field(None, ge=16, description="Context length in tokens; default is the model's.")
-    # openai
-    base_url: str | None = Field(None, description="openai: endpoint base URL, e.g. http://127.0.0.1:8000/v1.")
-    api_key_env: str = Field("OPENAI_API_KEY", description="openai: name of the environment variable that holds the key. Keys are never read from files.")
-    max_concurrency: int = Field(8, ge=1, le=512, description="openai: requests in flight at once.")
-    timeout_s: float = Field(60.0, gt=0, description="openai: timeout for every request, in seconds.")
-    max_retries: int = Field(5, ge=0, le=50, description="openai: retries on 429, 5xx, resets, timeouts and malformed replies.")
-    backoff_base_s: float = Field(0.5, ge=0, description="openai: first backoff delay; doubles each retry, with full jitter.")
-    backoff_max_s: float = Field(20.0, ge=0, description="openai: longest single backoff delay (Retry-After is honoured up to this).")
-    top_logprobs: int = Field(20, ge=0, le=20, description="openai: top_logprobs requested when scoring; 0 means the endpoint has none.")
-    # vllm
-    tensor_parallel_size: int = Field(1, ge=1, description="vllm: GPUs per model replica (tensor parallel).")
-    data_parallel_size: int = Field(1, ge=1, description="vllm: model replicas (data parallel).")
-    gpu_memory_utilization: float = Field(0.9, gt=0, le=1, description="vllm: fraction of GPU memory the engine may take.")
+    model: str = Setting(DEFAULT_POLICY, affects_output=True, description="Model id: an embedded name, a local folder or a Hugging Face id (the served model name for openai).")
+    max_context: int | None = Setting(None, affects_output=True, ge=16, description="Context length in tokens; default is the model's.")
+
+    def __new__(cls, *args: Any, **data: Any):
+        if cls is BackendConfig:  # the base names no backend: build the one the settings ask for
+            cls = backend_config_class(data.get("kind", "transformers"))
+        return super().__new__(cls)
+
+    @classmethod
+    def model_validate(cls, obj: Any, **kwargs: Any):  # type: ignore[override]
+        if cls is BackendConfig:
+            return _BACKEND_ADAPTER.validate_python(obj, **kwargs)
+        return super().model_validate(obj, **kwargs)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _default_kind(cls, data: Any) -> Any:
+        if isinstance(data, dict) and "kind" not in data:
+            if cls.KIND is None:
+                raise ValueError("a backend of your own needs kind: package.module:Class")
+            data = {**data, "kind": cls.KIND}
+        return data
 
     @field_validator("kind")
     @classmethod
     def _kind(cls, v: str) -> str:
-        if v not in ("transformers", "openai", "vllm") and not re.fullmatch(r"[A-Za-z_][\w.]*:[A-Za-z_]\w*", v):
-            raise ValueError(f"backend kind must be transformers, openai, vllm or module:Class (an importable backend class), got {v!r}")
+        if cls.KIND is None:
+            if v in BUILTIN_BACKENDS or not _PLUGIN_KIND.fullmatch(v):
+                raise ValueError(f"backend kind must be transformers, openai, vllm or module:Class (an importable backend class), got {v!r}")
+        elif v != cls.KIND:
+            raise ValueError(f"{cls.__name__} is the config of the {cls.KIND} backend, got kind {v!r}; build BackendConfig(kind={v!r}, ...) instead")
         return v
+
+    def identity(self) -> dict:
+        """Every setting that can change a model output (batch keys and provenance hold it); see ``Setting``."""
+        return {name: getattr(self, name) for name, f in type(self).model_fields.items() if affects_output(f)}
+
+
+def _dtype() -> Any:
+    return Setting("float32", affects_output=True, description="transformers/vllm: weight dtype. Stay in float32 on CPUs without bf16 units.")
+
+
+class TransformersBackendConfig(BackendConfig):
+    """In-process transformers backend (the default)."""
+
+    KIND: ClassVar[str | None] = "transformers"
+
+    # device: "auto" is recorded as given, and CPU and GPU kernels differ in the last bits, so it counts as output-affecting
+    device: str = Setting("auto", affects_output=True, description="transformers: torch device; auto picks cuda when present, else cpu.")
+    dtype: Literal["float32", "bfloat16", "float16", "auto"] = _dtype()
+    num_threads: int | None = Setting(None, affects_output=False, ge=1, description="transformers: torch intra-op threads; default is the number of cores.")
+    # batch shapes and the scoring strategy change the padding and the order of float sums only:
+    # outputs agree to float noise (tests/test_backend_transformers.py), so they are performance knobs
+    gen_batch_size: int = Setting(32, affects_output=False, ge=1, le=1024, description="Chats decoded together in one batch (32 was fastest on a 2-core CPU: docs/performance.md).")
+    score_batch_size: int = Setting(32, affects_output=False, ge=1, le=4096, description="transformers: scoring prompts evaluated together.")
+    score_strategy: Literal["auto", "grouped", "batched"] = Setting("auto", affects_output=False, description="transformers: grouped scores each pair's orders together after a shared prefix (no cross-pair padding; best on CPU); batched pads many prompts into one pass (best on GPU); auto picks by device.")
+    score_batch_tokens: int = Setting(12288, affects_output=False, ge=256, description="transformers: most padded prompt tokens in one scoring forward pass.")
+
+
+class OpenAIBackendConfig(BackendConfig):
+    """Any OpenAI-compatible endpoint (vLLM serve, llama.cpp server, hosted APIs)."""
+
+    KIND: ClassVar[str | None] = "openai"
+
+    base_url: str | None = Setting(None, affects_output=True, description="openai: endpoint base URL, e.g. http://127.0.0.1:8000/v1.")  # another server may serve other weights under the same name
+    api_key_env: str = Setting("OPENAI_API_KEY", affects_output=False, description="openai: name of the environment variable that holds the key. Keys are never read from files.")
+    max_concurrency: int = Setting(8, affects_output=False, ge=1, le=512, description="openai: requests in flight at once.")
+    timeout_s: float = Setting(60.0, affects_output=False, gt=0, description="openai: timeout for every request, in seconds.")
+    max_retries: int = Setting(5, affects_output=False, ge=0, le=50, description="openai: retries on 429, 5xx, resets, timeouts and malformed replies.")
+    backoff_base_s: float = Setting(0.5, affects_output=False, ge=0, description="openai: first backoff delay; doubles each retry, with full jitter.")
+    backoff_max_s: float = Setting(20.0, affects_output=False, ge=0, description="openai: longest single backoff delay (Retry-After is honoured up to this).")
+    top_logprobs: int = Setting(20, affects_output=True, ge=0, le=20, description="openai: top_logprobs requested when scoring; 0 means the endpoint has none.")
 
     @field_validator("base_url")
     @classmethod
@@ -72,9 +146,53 @@ class BackendConfig(StrictModel):
                 raise ValueError("base_url must not carry credentials (they would be written to configs and logs); put the key in an environment variable named by backend.api_key_env")
         return v.rstrip("/") if v else v
 
-    def identity(self) -> dict:
-        """The fields that change model outputs (used in batch keys and provenance)."""
-        return {"kind": self.kind, "model": self.model, "dtype": self.dtype}
+
+class VLLMBackendConfig(BackendConfig):
+    """vLLM's offline engine (GPUs)."""
+
+    KIND: ClassVar[str | None] = "vllm"
+
+    dtype: Literal["float32", "bfloat16", "float16", "auto"] = _dtype()
+    # tensor parallelism splits every matmul across GPUs: the reduction order, and so the last bits, change
+    tensor_parallel_size: int = Setting(1, affects_output=True, ge=1, description="vllm: GPUs per model replica (tensor parallel).")
+    data_parallel_size: int = Setting(1, affects_output=False, ge=1, description="vllm: model replicas (data parallel).")
+    gpu_memory_utilization: float = Setting(0.9, affects_output=False, gt=0, le=1, description="vllm: fraction of GPU memory the engine may take.")
+
+
+class PluginBackendConfig(BackendConfig):
+    """A backend class of your own, ``kind: package.module:Class``: the common settings plus free-form ``options``."""
+
+    options: dict[str, Any] = Setting(default_factory=dict, affects_output=True, description="Settings for your backend class, passed through as given (all count as output-affecting).")
+
+
+BACKEND_CONFIGS: dict[str, type[BackendConfig]] = {"transformers": TransformersBackendConfig, "openai": OpenAIBackendConfig, "vllm": VLLMBackendConfig, "plugin": PluginBackendConfig}
+
+
+def backend_tag(kind: Any) -> str:
+    """The ``BACKEND_CONFIGS`` entry for a kind: a built-in backend, or ``plugin`` for anything else (its validator checks it)."""
+    return kind if kind in BUILTIN_BACKENDS else "plugin"
+
+
+def backend_config_class(kind: Any) -> type[BackendConfig]:
+    return BACKEND_CONFIGS[backend_tag(kind)]
+
+
+def _discriminate(value: Any) -> str:
+    kind = value.get("kind", "transformers") if isinstance(value, dict) else getattr(value, "kind", "transformers")
+    return backend_tag(kind)
+
+
+# A stage's ``backend`` section: the model of its ``kind`` (pydantic picks it, then forbids the other kinds' keys).
+AnyBackendConfig = Annotated[
+    Union[
+        Annotated[TransformersBackendConfig, Tag("transformers")],
+        Annotated[OpenAIBackendConfig, Tag("openai")],
+        Annotated[VLLMBackendConfig, Tag("vllm")],
+        Annotated[PluginBackendConfig, Tag("plugin")],
+    ],
+    Discriminator(_discriminate),
+]
+_BACKEND_ADAPTER: TypeAdapter = TypeAdapter(AnyBackendConfig)
 
 
 class SamplingConfig(StrictModel):
@@ -85,6 +203,13 @@ class SamplingConfig(StrictModel):
     seed: int = Field(0, ge=0, description="Base seed; completion j of prompt p uses a seed derived from (seed, p, j).")
 
 
+def _overlong_check(cfg):
+    """overlong: exclude needs exact token counts; an openai endpoint gives none before the request."""
+    if cfg.overlong == "exclude" and cfg.backend.kind == "openai":
+        raise ValueError("overlong: exclude needs exact token counts, and the openai backend has no tokenizer here; set overlong: truncate (lengths are then cut by an estimate of 4 characters a token)")
+    return cfg
+
+
 class GenerateConfig(StrictModel):
     input: str | None = Field(None, description="Prompt set: a datasets folder, Parquet, JSONL or CSV file. Default: the shipped data/prompts set.")
     prompt_column: str = Field("prompt", description="Column with the prompt: plain text or a list of chat messages.")
@@ -93,8 +218,12 @@ class GenerateConfig(StrictModel):
     limit: int | None = Field(None, ge=1, description="Use only the first N prompts.")
     batch_size: int = Field(16, ge=1, description="Prompts per stored batch (one Prefect task and one Parquet shard).")
     overlong: Literal["truncate", "exclude"] = Field("truncate", description="Prompts longer than the context: truncate them (flagged on the row) or exclude them with a reason.")
-    backend: BackendConfig = Field(default_factory=BackendConfig)
+    backend: AnyBackendConfig = Field(default_factory=TransformersBackendConfig)
     sampling: SamplingConfig = Field(default_factory=SamplingConfig)
+
+    @model_validator(mode="after")
+    def _overlong_needs_a_tokenizer(self):
+        return _overlong_check(self)
 
 
 class ReviseConfig(StrictModel):
@@ -107,7 +236,11 @@ class ReviseConfig(StrictModel):
     seed: int = Field(0, ge=0, description="Seeds principle sampling and generation.")
     limit: int | None = Field(None, ge=1, description="Revise only the first N responses.")
     sampling: SamplingConfig = Field(default_factory=lambda: SamplingConfig(temperature=0.7, max_new_tokens=96))
-    backend: BackendConfig = Field(default_factory=BackendConfig)
+    backend: AnyBackendConfig = Field(default_factory=TransformersBackendConfig)
+
+    @model_validator(mode="after")
+    def _overlong_needs_a_tokenizer(self):
+        return _overlong_check(self)
 
 
 class LabelConfig(StrictModel):
@@ -135,7 +268,7 @@ class LabelConfig(StrictModel):
     overlong: Literal["truncate", "exclude"] = Field("truncate", description="Contexts or responses over those limits: truncate (flagged on the row) or exclude with a reason.")
     seed: int = Field(0, ge=0, description="Seeds single-order choice, principle sampling and rationales.")
     batch_size: int = Field(64, ge=1, description="Pairs per stored batch (one Prefect task and one Parquet shard).")
-    backend: BackendConfig = Field(default_factory=BackendConfig)
+    backend: AnyBackendConfig = Field(default_factory=TransformersBackendConfig)
 
     @field_validator("cot_clamp")
     @classmethod
@@ -143,6 +276,10 @@ class LabelConfig(StrictModel):
         if v is not None and not 0 <= v[0] <= v[1] <= 1:
             raise ValueError(f"cot_clamp must be [lo, hi] with 0 <= lo <= hi <= 1, e.g. [0.4, 0.6]; got {list(v)}")
         return v
+
+    @model_validator(mode="after")
+    def _overlong_needs_a_tokenizer(self):
+        return _overlong_check(self)
 
 
 C = TypeVar("C", bound=BaseModel)
@@ -186,35 +323,81 @@ def _merge(base: dict, extra: dict) -> dict:
     return out
 
 
-def _allowed_keys(cls: type, path: tuple) -> list[str]:
-    """Field names of the (nested) model at ``path``; list indices are skipped."""
-    import typing
+def _models_in(annotation: Any) -> dict[str | None, type[BaseModel]]:
+    """The pydantic models a field can hold, by union tag (None: untagged, e.g. ``SamplingConfig``)."""
+    out: dict[str | None, type[BaseModel]] = {}
 
-    model = cls
-    for part in path:
-        if isinstance(part, int):
+    def visit(tp: Any, tag: str | None) -> None:
+        if typing.get_origin(tp) is Annotated:
+            base, *meta = typing.get_args(tp)
+            visit(base, next((m.tag for m in meta if isinstance(m, Tag)), tag))
+        elif isinstance(tp, type) and issubclass(tp, BaseModel):
+            out.setdefault(tag, tp)
+        else:
+            for arg in typing.get_args(tp):
+                visit(arg, tag)
+
+    visit(annotation, None)
+    return out
+
+
+def _locate(cls: type[BaseModel], loc: tuple) -> tuple[str, type[BaseModel] | None]:
+    """An error location as the user writes the key (``backend.base_url``: union tags left out), and the model it ends in."""
+    shown: list[str] = []
+    model: type[BaseModel] | None = cls
+    tagged: dict[str | None, type[BaseModel]] = {}
+    for part in loc:
+        if isinstance(part, str) and part in tagged:  # the union member pydantic tried: not a key
+            model, tagged = tagged[part], {}
             continue
-        field = getattr(model, "model_fields", {}).get(part)
-        if field is None:
-            return []
-        ann = field.annotation
-        candidates = [ann, *typing.get_args(ann)]
-        for c in list(candidates):
-            candidates.extend(typing.get_args(c))
-        model = next((c for c in candidates if isinstance(c, type) and issubclass(c, BaseModel)), None)
-        if model is None:
-            return []
-    return sorted(getattr(model, "model_fields", {}))
+        shown.append(str(part))
+        if isinstance(part, int) or model is None:  # a list index keeps the model
+            continue
+        field = model.model_fields.get(part)
+        members = _models_in(field.annotation) if field is not None else {}
+        model = members.get(None) if None in members else None
+        tagged = members if model is None else {}
+    return ".".join(shown), model
+
+
+def field_of(cls: type[BaseModel], dotted: str) -> FieldInfo | None:
+    """The ``Field`` behind a dotted key such as ``sampling.n`` or ``backend.base_url`` (any backend kind), or None."""
+    *sections, name = dotted.split(".")
+    models: list[type[BaseModel]] = [cls]
+    for part in sections:
+        models = [m for model in models if part in model.model_fields for m in _models_in(model.model_fields[part].annotation).values()]
+    return next((m.model_fields[name] for m in models if name in m.model_fields), None)
+
+
+def _unknown_key(cls: type[BaseModel], loc: tuple) -> str:
+    where, model = _locate(cls, loc[:-1])
+    key = f"{where}.{loc[-1]}" if where else str(loc[-1])
+    allowed = sorted(model.model_fields) if model is not None else []
+    if model is not None and issubclass(model, BackendConfig):
+        kind = model.KIND or "module:Class"
+        owners = [tag for tag, c in BACKEND_CONFIGS.items() if loc[-1] in c.model_fields]
+        if owners:
+            return f"{key!r} is a setting of the {' / '.join(owners)} backend, not of backend kind {kind!r}: set backend.kind={owners[0]} (--backend {owners[0]}) or remove it (allowed with {kind}: {allowed})"
+        if model.KIND is None:
+            return f"unknown key {key!r} (put settings of your own backend class under backend.options; allowed here: {allowed})"
+    return f"unknown key {key!r} (check the spelling; allowed here: {allowed})"
 
 
 def format_validation_error(cls: type, exc: ValidationError, origin: str) -> str:
+    """One line per problem, naming the key as the user wrote it and what was expected; one problem is one line in all."""
     lines = []
     for err in exc.errors():
-        loc = ".".join(str(p) for p in err["loc"])
         if err["type"] == "extra_forbidden":
-            lines.append(f"unknown key {loc!r} (check the spelling; allowed here: {_allowed_keys(cls, err['loc'][:-1])})")
-        else:
-            lines.append(f"{loc}: {err['msg']} (got {err.get('input')!r})")
+            lines.append(_unknown_key(cls, err["loc"]))
+            continue
+        loc, _ = _locate(cls, err["loc"])
+        msg = err["msg"].removeprefix("Value error, ")
+        got = repr(err.get("input"))
+        if "credentials" in msg:  # never echo a refused URL: it holds the secret
+            got = "<hidden>"
+        lines.append(f"{loc}: {msg}" + ("" if got in msg else f" (got {got})") if loc else msg)
+    if len(lines) == 1:
+        return f"invalid {cls.__name__} from {origin}: {lines[0]}"
     return f"invalid {cls.__name__} from {origin}:\n  " + "\n  ".join(lines)
 
 
@@ -256,7 +439,14 @@ def config_hash(obj: Any) -> str:
 
 
 __all__ = [
+    "AnyBackendConfig",
     "BackendConfig",
+    "BACKEND_CONFIGS",
+    "OpenAIBackendConfig",
+    "PluginBackendConfig",
+    "Setting",
+    "TransformersBackendConfig",
+    "VLLMBackendConfig",
     "SamplingConfig",
     "GenerateConfig",
     "LabelConfig",

@@ -3,7 +3,7 @@
 Configs, each built only from a stage the run has:
 
 - ``preferences``: AI-labelled pairs in TRL's conversational ``prompt``/``chosen``/``rejected``
-  columns (chosen = response A when p(A>B) >= 0.5); ties are left out, and the
+  columns (chosen = the winner, aifeedback.preference.winner); ties are left out, and the
   ``min_confidence`` and ``consistent_only`` filters apply here only.
 - ``sft``: constitutional revisions, ``messages`` = prompt + final revision (revised,
   non-degenerate rows), with the critique/revision chain.
@@ -26,6 +26,7 @@ from dataclasses import dataclass, field, fields
 import yaml
 
 from .errors import ConfigError
+from .preference import trl_pair
 
 SPLITS = ("train", "test")
 
@@ -63,12 +64,25 @@ def _schemas() -> dict:
     pair = [("prompt", MESSAGES), ("chosen", MESSAGES), ("rejected", MESSAGES)]
     return {
         "preferences": pa.schema(
-            [*pair, ("p_chosen", f), ("confidence", f), ("consistent", pa.bool_()), ("chosen_was", s), ("orders", strs), ("principle_ids", strs), *label_prov, ("pair_id", s), ("prompt_id", s), ("config_hash", s)]
+            [*pair, ("p_chosen", f), ("confidence", f), ("consistent", pa.bool_()), ("chosen_was", s), ("orders", strs), ("principle_ids", strs), ("injection_flags", strs), *label_prov, ("pair_id", s), ("prompt_id", s), ("config_hash", s)]
         ),
         "sft": pa.schema([("messages", MESSAGES), *revision_prov, ("rounds", pa.list_(ROUND)), ("initial_response", s)]),
         "revision_preferences": pa.schema([*pair, *revision_prov]),
         "pointwise": pa.schema([("prompt", MESSAGES), ("response", s), ("score", f), ("n_ratings", pa.int32()), ("pair_ids", strs), *label_prov, ("prompt_id", s)]),
     }
+
+
+# Columns a row builder emits that are deliberately not exported (none today). Any other
+# column missing from a config's schema is a bug: build_tables refuses to drop it silently.
+INTERNAL_COLUMNS: dict[str, set[str]] = {"preferences": set(), "sft": set(), "revision_preferences": set(), "pointwise": set()}
+
+
+def check_columns(name: str, rows: list[dict], schema) -> None:
+    """Every column of ``rows`` reaches ``schema`` or is listed in INTERNAL_COLUMNS."""
+    emitted = set().union(*(r.keys() for r in rows)) if rows else set()
+    lost = emitted - set(schema.names) - INTERNAL_COLUMNS.get(name, set())
+    if lost:
+        raise AssertionError(f"export config {name!r}: columns {sorted(lost)} are built but not in its schema; add them to _schemas() or to INTERNAL_COLUMNS")
 
 
 def _assistant(text: str) -> list[dict]:
@@ -92,7 +106,7 @@ def preference_rows(labels: list[dict], opts: ExportOptions) -> tuple[list[dict]
     """TRL preference rows from label rows, and how many each filter removed (each row counts once, first filter wins)."""
     rows, counts = [], {"label_rows": len(labels), "ties": 0, "inconsistent": 0, "below_min_confidence": 0, "suspected_injection": 0}
     for r in labels:
-        if r["hard_label"] == "tie" or r["p_a"] is None:
+        if trl_pair(r) is None:  # the one definition of a tie (aifeedback/preference.py)
             counts["ties"] += 1
             continue
         if opts.consistent_only and r["consistent"] is not True:
@@ -104,16 +118,12 @@ def preference_rows(labels: list[dict], opts: ExportOptions) -> tuple[list[dict]
         if opts.drop_suspected_injection and r.get("injection_flags"):
             counts["suspected_injection"] += 1
             continue
-        a_wins = r["p_a"] >= 0.5
+        pair = trl_pair(r)
         rows.append(
             {
-                "prompt": r["messages"],
-                "chosen": _assistant(r["response_a"] if a_wins else r["response_b"]),
-                "rejected": _assistant(r["response_b"] if a_wins else r["response_a"]),
-                "p_chosen": r["p_a"] if a_wins else 1 - r["p_a"],
+                **pair,
                 "confidence": r["confidence"],
                 "consistent": r["consistent"],
-                "chosen_was": "A" if a_wins else "B",
                 "orders": r["orders"],
                 "principle_ids": r["principle_ids"],
                 "injection_flags": r.get("injection_flags") or [],
@@ -234,6 +244,7 @@ def build_tables(labels: list[dict] | None, revisions: list[dict] | None, opts: 
         if not pairs:
             notes.append(f"{name}: no rows left ({count_line(name, counts[name], opts)}); config omitted")
             continue
+        check_columns(name, [r for _, r in pairs], schemas[name])
         per = {s: [r for k, r in pairs if split_of[k] == s] for s in SPLITS}
         tables[name] = {s: pa.Table.from_pylist(rs, schema=schemas[name]) for s, rs in per.items() if rs}
         if opts.test_size > 0 and "test" not in tables[name]:
@@ -338,7 +349,7 @@ def render_card(prov: dict, files: dict[str, dict[str, str]], repo_id: str | Non
     out += [f"- **{n}**: {count_line(n, prov['counts'][n], ExportOptions(**opts))}." for n in names if n in prov["counts"]]
     if "preferences" in names:
         out.append(
-            "- **preferences**: `chosen` is response A when the AI label p(A>B) >= 0.5, else B (`chosen_was`); with both presentation orders (`orders`) "
+            "- **preferences**: `chosen` is the AI label's winner: A when p(A>B) > 0.5 by at least the tie margin, else B (`chosen_was`); with both presentation orders (`orders`) "
             "p(A>B) is their mean, so position bias cancels, and `consistent` says whether the two orders agreed. `confidence` = |2 p(A>B) - 1|."
         )
     out += [

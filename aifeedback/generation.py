@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .backends.base import derive_seed
+from .backends.base import derive_seed, require_tokenizer
 from .config import GenerateConfig, config_hash
 from .io import iter_rows, to_messages
 from .records import RESPONSES, exclusion, stable_id
@@ -73,10 +73,11 @@ class GenerateJob:
         calls0 = backend.stats.generate_calls
         chash = config_hash(self.key_config())
         chats, keep, excluded = [], [], []
+        require_tokenizer(backend, cfg.overlong)
         for it in items:
             chat = ([{"role": "system", "content": cfg.system_prompt}] if cfg.system_prompt else []) + it["messages"]
-            if cfg.overlong == "exclude" and hasattr(backend, "count_chat_tokens"):
-                n_tok = backend.count_chat_tokens(chat)
+            if cfg.overlong == "exclude":
+                n_tok = backend.tokenizer.count_chat(chat)
                 limit = (backend.capabilities.max_context or 10**9) - cfg.sampling.max_new_tokens
                 if n_tok > limit:
                     excluded.append(exclusion(it["prompt_id"], self.stage, "prompt_too_long", f"{n_tok} prompt tokens > {limit} (context minus max_new_tokens); set overlong: truncate to keep it"))

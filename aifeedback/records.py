@@ -37,6 +37,7 @@ RESPONSES = pa.schema(
         ("finish_reason", pa.string()),
         ("prompt_truncated", pa.bool_()),
         ("config_hash", pa.string()),
+        ("item_key", pa.string()),
         ("batch_key", pa.string()),
     ]
 )
@@ -71,11 +72,22 @@ REVISIONS = pa.schema(
         ("backend", pa.string()),
         ("prompt_truncated", pa.bool_()),
         ("config_hash", pa.string()),
+        ("item_key", pa.string()),
         ("batch_key", pa.string()),
     ]
 )
 
-LABELS = pa.schema(
+OPTION_PROBS = pa.struct(
+    [
+        ("order", pa.string()),  # "AB" (A shown first), "BA", or "A"/"B" (pointwise: the response rated)
+        ("principle_id", pa.string()),  # the constitution's choice principle, or null
+        ("probs", pa.list_(pa.float64())),  # normalised over the template's candidates (after calibration, when on)
+    ]
+)
+
+# What a label shard stores: the model's outputs and the provenance. No column here
+# depends on a setting applied after the model ran (aifeedback/preference.py).
+LABEL_OUTPUTS = pa.schema(
     [
         ("pair_id", pa.string()),
         ("prompt_id", pa.string()),
@@ -83,18 +95,11 @@ LABELS = pa.schema(
         ("response_a", pa.string()),
         ("response_b", pa.string()),
         ("mode", pa.string()),
-        ("p_ab", pa.float64()),  # P(A better) when A was shown first
-        ("p_ba", pa.float64()),  # P(A better) when B was shown first
-        ("p_a", pa.float64()),  # soft label P(A > B), averaged over orders (and principles)
-        ("hard_label", pa.string()),  # "A", "B" or "tie"
-        ("confidence", pa.float64()),
-        ("consistent", pa.bool_()),
-        ("position_preferred", pa.string()),  # "first"/"second" when inconsistent, else null
+        ("option_probs", pa.list_(OPTION_PROBS)),
+        ("candidates", pa.list_(pa.string())),
         ("orders", pa.list_(pa.string())),
         ("principle_ids", pa.list_(pa.string())),
         ("rationale", pa.string()),
-        ("score_a", pa.float64()),
-        ("score_b", pa.float64()),
         ("prob_source", pa.string()),
         ("retries", pa.int32()),  # backend retries spent on this pair (429, 5xx, resets, timeouts, malformed replies)
         ("injection_flags", pa.list_(pa.string())),  # "A:verdict_claim"...: a response addresses the judge (labelers/injection.py)
@@ -108,9 +113,25 @@ LABELS = pa.schema(
         ("constitution_version", pa.string()),
         ("seed", pa.int64()),
         ("config_hash", pa.string()),
+        ("item_key", pa.string()),
         ("batch_key", pa.string()),
     ]
 )
+
+# What readers get (RunStore.read_table("labels")): the stored outputs plus the columns
+# derived from them with the run's tie_margin / temperature / cot_clamp.
+_DERIVED = [
+    ("p_ab", pa.float64()),  # P(A better) when A was shown first
+    ("p_ba", pa.float64()),  # P(A better) when B was shown first
+    ("p_a", pa.float64()),  # soft label P(A > B), averaged over orders (and principles), temperature applied
+    ("hard_label", pa.string()),  # "A", "B" or "tie" (aifeedback.preference.winner)
+    ("confidence", pa.float64()),
+    ("consistent", pa.bool_()),
+    ("position_preferred", pa.string()),  # "first"/"second" when inconsistent, else null
+    ("score_a", pa.float64()),
+    ("score_b", pa.float64()),
+]
+LABELS = pa.schema(list(LABEL_OUTPUTS)[:6] + [pa.field(n, t) for n, t in _DERIVED] + list(LABEL_OUTPUTS)[6:])
 
 EXCLUSIONS = pa.schema(
     [
@@ -119,6 +140,7 @@ EXCLUSIONS = pa.schema(
         ("reason", pa.string()),  # short machine-readable reason
         ("detail", pa.string()),  # human-readable text, e.g. the backend error after retries
         ("raw", pa.string()),  # the offending input or model output, kept verbatim
+        ("item_key", pa.string()),  # the input item's content key (aifeedback/stage.py): reused, never recomputed
         ("batch_key", pa.string()),
     ]
 )

@@ -12,7 +12,7 @@ import re
 import zlib
 from dataclasses import dataclass, field
 
-from .backends.base import derive_seed
+from .backends.base import derive_seed, require_tokenizer
 from .config import ReviseConfig, SamplingConfig, config_hash
 from .constitution import Constitution, CritiqueRevision, load_constitution
 from .records import REVISIONS, exclusion, stable_id
@@ -116,10 +116,11 @@ class ReviseJob:
         c0 = backend.stats.generate_calls
         chash = config_hash(self.key_config())
         excluded, work = [], []
+        require_tokenizer(backend, cfg.overlong)
         for it in items:
             msgs = [m for m in it["messages"] if m["role"] != "system"]
-            if cfg.overlong == "exclude" and hasattr(backend, "count_chat_tokens"):
-                n_tok = backend.count_chat_tokens(msgs + [{"role": "assistant", "content": it["response"]}])
+            if cfg.overlong == "exclude":
+                n_tok = backend.tokenizer.count_chat(msgs + [{"role": "assistant", "content": it["response"]}])
                 limit = (backend.capabilities.max_context or 10**9) // 2
                 if n_tok > limit:
                     excluded.append(exclusion(it["response_id"], self.stage, "prompt_too_long", f"{n_tok} tokens leave no room for critique and revision (limit {limit}); set overlong: truncate"))

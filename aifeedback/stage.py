@@ -61,11 +61,12 @@ class Batch:
     """One batch of a stage. A plain class, not a dataclass: Prefect walks dataclass and
     collection parameters item by item (14 of 20 s at 20k pairs), but passes other objects whole."""
 
-    __slots__ = ("index", "key", "items", "done", "excluded")
+    __slots__ = ("index", "key", "items", "done", "excluded", "item_keys")
 
-    def __init__(self, index: int, key: str, items: list[Any], done: bool, excluded: list[dict] | None = None):
+    def __init__(self, index: int, key: str, items: list[Any], done: bool, excluded: list[dict] | None = None, item_keys: list[str] | None = None):
         self.index, self.key, self.items, self.done = index, key, items, done
         self.excluded = excluded or []  # input exclusions only (an exclusion batch has no items)
+        self.item_keys = item_keys or []  # one per item (or per input exclusion), in order
 
     def __repr__(self) -> str:
         return f"Batch(index={self.index}, key={self.key!r}, items={len(self.items)}, done={self.done}, excluded={len(self.excluded)})"
@@ -81,46 +82,96 @@ class BatchResult:
     stats: dict = field(default_factory=dict)  # model_calls, retries, model_s (backend), write_s (run store)
 
 
-def iter_batches(store: RunStore, job: StageJob, items: Iterable[Any], batch_size: int) -> Iterator[Batch]:
-    """Cut a stream of items (and :class:`Excluded` rows) into keyed batches, holding one batch at a time.
+@dataclass
+class Reuse:
+    """What a stage invocation took from shards already on disk, item by item."""
 
-    Input exclusions travel in batches of their own, keyed by their item ids, so a
-    million-row input never has to sit in memory.
+    index: dict[str, str]  # item key -> shard key, for every finished shard of the stage
+    sizes: dict[str, int]  # shard key -> items in it
+    used: dict[str, int] = field(default_factory=dict)  # shard key -> items of this invocation found there (first-use order)
+    keys: list[str] = field(default_factory=list)  # item keys taken from shards (for the selection of partly used shards)
+    n_in: int = 0  # items (and input exclusions) of this invocation
+    n_reused: int = 0
+
+    def partial(self) -> list[str]:
+        return [k for k, n in self.used.items() if n < self.sizes.get(k, 0)]
+
+
+def _prefix(job: StageJob) -> bytes:
+    """Everything of an item key but the item: the stage, its output-affecting config, model and template."""
+    blob = json.dumps({"stage": job.stage, "config": job.key_config(), "model": job.model_id(), "template": job.template_version()}, sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).digest()
+
+
+def item_key(prefix: bytes, item: Any) -> str:
+    """The content key of one input item under one output-affecting config: equal keys, equal outputs."""
+    blob = json.dumps(item, sort_keys=True, default=str, ensure_ascii=False).encode("utf-8", "surrogatepass")
+    return hashlib.blake2b(prefix + blob, digest_size=12).hexdigest()
+
+
+def iter_batches(store: RunStore, job: StageJob, items: Iterable[Any], batch_size: int, reuse: Reuse | None = None) -> Iterator[Batch]:
+    """Cut a stream of items (and :class:`Excluded` rows) into batches of the items not yet computed.
+
+    Reuse is per item: an item whose key (its content, the stage's output-affecting config,
+    the model and the template) is in any finished shard of the stage is never computed
+    again, whatever batch it was in, so ``batch_size``, input order and appended rows do
+    not cause recomputation. New items are batched in input order; a batch's shard key is
+    a hash of its item keys, and the shard's file marks it done (crash-safe, as before).
+    Input exclusions travel in batches of their own. ``reuse`` collects what was reused.
     """
-    cfg, model, tv = job.key_config(), job.model_id(), job.template_version()
+    if reuse is None:
+        reuse = Reuse(*store.item_index(job.stage))
+    prefix = _prefix(job)
+    excl_prefix = hashlib.sha256(prefix + b"input-exclusion").digest()
+    seen_excl: dict[str, int] = {}  # identical bad rows stay distinct exclusions: keyed by content and occurrence
     chunk: list[Any] = []
+    chunk_keys: list[str] = []
     excl: list[dict] = []
+    excl_keys: list[str] = []
     index = 0
 
-    n_excl_batches = 0
+    def take(k: str) -> bool:
+        shard = reuse.index.get(k)
+        if shard is None:
+            return False
+        reuse.used[shard] = reuse.used.get(shard, 0) + 1
+        reuse.keys.append(k)
+        reuse.n_reused += 1
+        return True
 
-    def make(ids: list[str], what: Any, rows: list[Any], ex: list[dict]) -> Batch:
-        nonlocal index, n_excl_batches
-        if rows:
-            key = batch_key(job.stage, ids, what, model, tv)
-        else:  # exclusions: keyed by their content and ordinal too (ids can repeat: duplicate_id rows)
-            digest = hashlib.sha256(json.dumps(ex, sort_keys=True, default=str).encode()).hexdigest()
-            key = batch_key(job.stage, ids, {what: n_excl_batches, "rows": digest}, "", "")
-            n_excl_batches += 1
-        b = Batch(index, key, rows, store.has(job.stage, key), ex)
+    def make(rows: list[Any], keys: list[str], ex: list[dict]) -> Batch:
+        nonlocal index
+        key = batch_key(job.stage, keys, "", "", "")
+        b = Batch(index, key, rows, store.has(job.stage, key), ex, keys)
         index += 1
         return b
 
     for it in items:
+        reuse.n_in += 1
         if isinstance(it, Excluded):
-            excl.append(it.row)
+            content = json.dumps(it.row, sort_keys=True, default=str)
+            n = seen_excl[content] = seen_excl.get(content, 0) + 1
+            k = item_key(excl_prefix, [content, n])
+            if take(k):
+                continue
+            excl.append(dict(it.row, item_key=k))
+            excl_keys.append(k)
             if len(excl) >= batch_size:
-                yield make([e["item_id"] for e in excl], "input-exclusions", [], excl)
-                excl = []
+                yield make([], excl_keys, excl)
+                excl, excl_keys = [], []
+            continue
+        k = item_key(prefix, it)
+        if take(k):
             continue
         chunk.append(it)
+        chunk_keys.append(k)
         if len(chunk) >= batch_size:
-            yield make([job.item_id(x) for x in chunk], cfg, chunk, [])
-            chunk = []
+            yield make(chunk, chunk_keys, [])
+            chunk, chunk_keys = [], []
     if chunk:
-        yield make([job.item_id(x) for x in chunk], cfg, chunk, [])
+        yield make(chunk, chunk_keys, [])
     if excl:
-        yield make([e["item_id"] for e in excl], "input-exclusions", [], excl)
+        yield make([], excl_keys, excl)
 
 
 def run_batch(store_root: str, job: StageJob, batch: Batch) -> BatchResult:
@@ -136,11 +187,14 @@ def run_batch(store_root: str, job: StageJob, batch: Batch) -> BatchResult:
     rows, excluded, stats = job.compute(batch.items, batch.key)
     t1 = time.perf_counter()
     n_in = len(batch.items)
-    accounted = len({r["__item__"] for r in rows if "__item__" in r}) if rows and "__item__" in rows[0] else None
+    key_of = dict(zip((job.item_id(x) for x in batch.items), batch.item_keys))
+    accounted = {r["__item__"] for r in rows}
+    if len(accounted) + len(excluded) != n_in:
+        raise AssertionError(f"batch {batch.key}: {n_in} items in, {len(accounted)} produced + {len(excluded)} excluded")
     for r in rows:
-        r.pop("__item__", None)
-    if accounted is not None and accounted + len(excluded) != n_in:
-        raise AssertionError(f"batch {batch.key}: {n_in} items in, {accounted} produced + {len(excluded)} excluded")
+        r["item_key"] = key_of[r.pop("__item__")]
+    for e in excluded:
+        e["item_key"] = key_of.get(e["item_id"])
     store.write_batch(job.stage, batch.key, rows, job.schema, excluded)
     t2 = time.perf_counter()
     stats = {**stats, "compute_s": t1 - t0, "write_s": t2 - t1, "pid": os.getpid()}

@@ -9,9 +9,17 @@ Layout::
         KEY.excluded.parquet          # exclusion rows of that batch (written first)
         _manifest.json                # keys of the latest completed run of the stage, config, counts
 
-A batch key hashes the input ids, the stage config, the model id and the
-template version, so a config change recomputes exactly the batches it touches
-and a re-run after a crash recomputes only the missing ones.
+Reuse is per item (aifeedback/stage.py): every row and exclusion carries the
+``item_key`` of its input item, a hash of the item's content, the stage's
+output-affecting config, the model id and the template version. An item whose key
+is in a finished shard is never computed again, whatever batch it falls in; a
+batch's shard key is a hash of its item keys. When an invocation uses only some
+items of an older shard, the manifest lists those shards as partial and
+``_selection.parquet`` holds the item keys taken from them, so readers see exactly
+this invocation's items.
+
+Labels are stored as model outputs only; ``read_table("labels")`` adds the columns
+derived from them (aifeedback/preference.py) with the run's tie_margin/temperature.
 """
 
 from __future__ import annotations
@@ -34,6 +42,14 @@ from .records import EXCLUSIONS
 
 class StoreError(AIFeedbackError):
     pass
+
+
+# the command that writes each stage (error messages name it)
+STAGE_COMMANDS = {"responses": "generate", "revisions": "revise", "labels": "label"}
+
+
+def stage_command(stage: str) -> str:
+    return f"aifeedback {STAGE_COMMANDS.get(stage, stage)}"
 
 
 def _table(rows: list[dict], schema: pa.Schema) -> pa.Table:
@@ -77,6 +93,31 @@ class RunStore:
 
     def has(self, stage: str, key: str) -> bool:
         return self.shard_path(stage, key).is_file()
+
+    def item_index(self, stage: str) -> tuple[dict[str, str], dict[str, int]]:
+        """(item key -> shard key, shard key -> number of items) over every finished shard of the stage."""
+        index: dict[str, str] = {}
+        sizes: dict[str, int] = {}
+        d = self.root / stage
+        if not d.is_dir():
+            return index, sizes
+        for path in sorted(d.glob("*.parquet")):
+            name = path.name
+            key = name[: -len(".excluded.parquet")] if name.endswith(".excluded.parquet") else name[: -len(".parquet")]
+            if not self.has(stage, key):  # an exclusions file whose rows file never landed: a crashed batch
+                continue
+            try:
+                pf = pq.ParquetFile(path)
+                if "item_key" not in pf.schema_arrow.names:  # a shard from before item keys: not reusable
+                    continue
+                keys = pf.read(columns=["item_key"]).column(0).to_pylist()
+            except (OSError, pa.ArrowException):
+                continue  # unreadable: its items are computed again
+            for k in set(keys):
+                if k is not None and k not in index:
+                    index[k] = key
+                    sizes[key] = sizes.get(key, 0) + 1
+        return index, sizes
 
     # writing ----------------------------------------------------------------
     def write_table(self, table: pa.Table, dest: str | Path) -> Path:
@@ -131,35 +172,76 @@ class RunStore:
                 continue
         return out
 
-    def write_manifest(self, stage: str, keys: list[str], info: dict) -> Path:
-        return self.write_json(f"{stage}/_manifest.json", {"stage": stage, "keys": list(keys), **info})
+    def write_manifest(self, stage: str, keys: list[str], info: dict, partial: list[str] | None = None, selection: list[str] | None = None) -> Path:
+        """The stage's latest completed invocation: its shards, and for shards it used only in part, the item keys it used."""
+        sel_path = self.root / stage / "_selection.parquet"
+        if partial:
+            self._atomic_write_table(pa.table({"item_key": pa.array(selection or [], pa.string())}), sel_path)
+        else:
+            sel_path.unlink(missing_ok=True)
+        return self.write_json(f"{stage}/_manifest.json", {"stage": stage, "keys": list(keys), "partial_keys": list(partial or []), **info})
 
     # reading ----------------------------------------------------------------
     def manifest(self, stage: str) -> dict:
         path = self.root / stage / "_manifest.json"
         if not path.is_file():
-            raise StoreError(f"stage {stage!r} has not completed in run {self.root}; run `aifeedback {stage}` first (or pass the right --run-dir)")
+            raise StoreError(f"stage {stage!r} has not completed in run {self.root}; run `{stage_command(stage)} --run-dir {self.root}` first (or pass the right --run-dir)")
         return json.loads(path.read_text())
 
     def keys(self, stage: str) -> list[str]:
         return list(self.manifest(stage)["keys"])
 
-    def iter_tables(self, stage: str, excluded: bool = False, keys: list[str] | None = None) -> Iterator[pa.Table]:
-        """Stream the stage's shards one at a time (the latest completed run's keys by default)."""
-        for key in keys if keys is not None else self.keys(stage):
+    def iter_tables(self, stage: str, excluded: bool = False, keys: list[str] | None = None, derive: bool = True) -> Iterator[pa.Table]:
+        """Stream the stage's shards one at a time (the latest completed run's keys by default).
+
+        Shards the run used only in part are filtered to its items; labels get their derived columns.
+        """
+        partial: set[str] = set()
+        selection = None
+        derivation = None
+        if keys is None:
+            m = self.manifest(stage)
+            keys, partial = list(m["keys"]), set(m.get("partial_keys") or [])
+            if partial:
+                selection = pq.read_table(self.root / stage / "_selection.parquet").column("item_key")
+            if stage == "labels" and derive and not excluded:
+                from .preference import Derivation
+
+                derivation = Derivation.from_config(m.get("derive") or {"tie_margin": 0.05, "temperature": 1.0, "cot": False})
+        elif stage == "labels" and derive and not excluded:
+            from .preference import Derivation
+
+            derivation = Derivation()
+        for key in keys:
             path = self.excluded_path(stage, key) if excluded else self.shard_path(stage, key)
             if not path.is_file():
-                raise StoreError(f"shard {path} listed in the manifest is missing; re-run `aifeedback {stage}` to recompute it")
-            yield pq.read_table(path)
+                raise StoreError(f"shard {path} listed in the manifest is missing; re-run `{stage_command(stage)} --run-dir {self.root}` to recompute it")
+            try:
+                table = pq.read_table(path)
+            except (OSError, pa.ArrowException) as exc:
+                raise StoreError(f"shard {path} is unreadable ({exc}); delete it and re-run `{stage_command(stage)} --run-dir {self.root}` to recompute it") from None
+            if key in partial:
+                import pyarrow.compute as pc
 
-    def read_table(self, stage: str, excluded: bool = False, keys: list[str] | None = None) -> pa.Table:
-        tables = list(self.iter_tables(stage, excluded=excluded, keys=keys))
+                table = table.filter(pc.is_in(table.column("item_key"), value_set=selection))
+            if derivation is not None:
+                from .preference import derive_table
+
+                table = derive_table(table, derivation)
+            yield table
+
+    def read_table(self, stage: str, excluded: bool = False, keys: list[str] | None = None, derive: bool = True) -> pa.Table:
+        tables = list(self.iter_tables(stage, excluded=excluded, keys=keys, derive=derive))
         if not tables:
             schema = EXCLUSIONS if excluded else None
             if schema is None:
                 raise StoreError(f"stage {stage!r} has no shards in {self.root}")
             return schema.empty_table()
         return pa.concat_tables(tables)
+
+    def to_pandas(self, stage: str, excluded: bool = False):
+        """The stage as a pandas DataFrame (labels with their derived columns)."""
+        return self.read_table(stage, excluded=excluded).to_pandas()
 
     def dataset(self, stage: str, excluded: bool = False):
         """The stage as a ``datasets.Dataset``."""

@@ -2,52 +2,148 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
-import sys
+import logging
 import time
 from pathlib import Path
-from typing import Optional
+from typing import Any, Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
-from aifeedback.errors import AIFeedbackError
+from aifeedback.config import BackendConfig, GenerateConfig, LabelConfig, OpenAIBackendConfig, ReviseConfig, field_of
+from aifeedback.errors import AIFeedbackError, ConfigError
+from flows.schedule import FLOWS
+from trainers.reward_config import RewardConfig
+from trainers.rl_config import DPOTrainConfig, RLConfig
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="RLAIF data generation: generate, revise, label both orders, report, export.")
 console = Console()
 
+# the config each command builds (--config FILE, --set key=value and its config options)
+COMMAND_CONFIGS: dict[str, type] = {
+    "generate": GenerateConfig,
+    "revise": ReviseConfig,
+    "label": LabelConfig,
+    "train-rm": RewardConfig,
+    "train-rl": RLConfig,
+    "train-dpo": DPOTrainConfig,
+}
+OUR_PACKAGES = ("aifeedback", "labelers", "trainers", "flows")
+_PACKAGES_ROOT = Path(__file__).resolve().parents[1]  # the repository, or site-packages: the four packages are siblings
+_DEBUG = {"on": False}
+
+
+def opt(cls: type, key: str, *flags: str, **kwargs: Any) -> Any:
+    """A command-line option for the config key ``key`` of ``cls`` (``sampling.n``, ``backend.base_url``), its help the key's ``Field`` description.
+
+    Each parameter is documented once, in its config. Name the command's parameter by
+    the key with ``__`` for dots (``sampling__n``): :func:`_flags` turns it into an override.
+    """
+    field = field_of(cls, key)
+    if field is None or not field.description:
+        raise KeyError(f"{cls.__name__} has no documented key {key!r}")
+    return typer.Option(None, *flags, help=field.description, **kwargs)
+
+
 RunDir = typer.Option("runs/default", "--run-dir", help="Run directory (one per run; stages resume inside it).")
-ConfigPath = typer.Option(None, "--config", "-c", help="YAML config for the stage; flags override it.")
+ConfigPath = typer.Option(None, "--config", "-c", help="YAML config for the command; flags override it.")
 Sets = typer.Option(None, "--set", help="Override any config key: --set sampling.temperature=0.3 (repeatable).")
-BackendKind = typer.Option(None, "--backend", help="transformers, openai, vllm, or module:Class (a backend of your own).")
-Model = typer.Option(None, "--model", help="Model id, local folder or served model name.")
-BaseUrl = typer.Option(None, "--base-url", help="openai backend: endpoint, e.g. http://127.0.0.1:8000/v1.")
+BackendKind = opt(BackendConfig, "kind", "--backend")
+Model = opt(BackendConfig, "model", "--model")
+BaseUrl = opt(OpenAIBackendConfig, "base_url", "--base-url")
 
 
-def _overrides(sets: list[str] | None, **flat) -> dict:
-    from aifeedback.config import _merge, _set_dotted, parse_overrides
+@app.callback()
+def _options(debug: bool = typer.Option(False, "--debug", envvar="AIFEEDBACK_DEBUG", help="Show the traceback of an error, not just its one line (or set AIFEEDBACK_DEBUG=1).")) -> None:
+    _DEBUG["on"] = debug
+
+
+def _flags(cls: type, params: dict) -> dict:
+    """Overrides from a command's config options: the parameters named by a key of ``cls`` (``sampling__n``) that were given."""
+    from aifeedback.config import _set_dotted
 
     out: dict = {}
-    for dotted, value in flat.items():
-        if value is not None:
-            _set_dotted(out, dotted.replace("__", "."), value)
-    return _merge(out, parse_overrides(sets))
+    for name, value in params.items():
+        key = name.replace("__", ".")
+        if value is not None and field_of(cls, key) is not None:
+            _set_dotted(out, key, value)
+    return out
+
+
+def _config(command: str, config: Optional[Path], sets: Optional[list[str]], flags: dict) -> dict:
+    """``config_path`` and ``overrides`` for a command's flow, checked here first: a typo fails in a second, before Prefect starts."""
+    from aifeedback.config import _merge, build_config, parse_overrides
+
+    overrides = _merge(flags, parse_overrides(sets))
+    path = str(config) if config else None
+    build_config(COMMAND_CONFIGS[command], path, overrides)
+    return {"config_path": path, "overrides": overrides}
+
+
+def _raised_in_our_code(exc: BaseException) -> bool:
+    """Whether the innermost frame of ``exc`` is in this project's packages (not in a library)."""
+    tb = exc.__traceback__
+    while tb is not None and tb.tb_next is not None:
+        tb = tb.tb_next
+    if tb is None:
+        return False
+    path = Path(tb.tb_frame.f_code.co_filename).resolve()
+    return path.is_relative_to(_PACKAGES_ROOT) and path.relative_to(_PACKAGES_ROOT).parts[0] in OUR_PACKAGES
+
+
+def is_user_error(exc: BaseException) -> bool:
+    """A problem with what the user gave: one of ours (AIFeedbackError), or a ValueError our own code raised on checking input.
+
+    A ValueError from inside a library is a bug, and keeps its traceback.
+    """
+    return isinstance(exc, AIFeedbackError) or (isinstance(exc, ValueError) and _raised_in_our_code(exc))
 
 
 def _fail(exc: Exception) -> None:
-    console.print(f"[bold red]error:[/] {exc}")
+    hint = " (--debug shows the traceback)" if isinstance(exc, ValueError) and not isinstance(exc, AIFeedbackError) else ""
+    console.print(f"[bold red]error:[/] {escape(str(exc))}{hint}", soft_wrap=True, highlight=False)
     raise typer.Exit(2)
 
 
+@contextlib.contextmanager
+def _user_errors():
+    """Turn a user error into one line and exit code 2; anything else (a bug) keeps its traceback, and --debug keeps them all."""
+    try:
+        yield
+    except (AIFeedbackError, ValueError) as exc:
+        if _DEBUG["on"] or not is_user_error(exc):
+            raise
+        _fail(exc)
+
+
+class _NoUserErrorTraceback(logging.Filter):
+    """Prefect logs a failed run's traceback; for a user error the CLI's one line says it all."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.exc_info and record.exc_info[1] is not None and is_user_error(record.exc_info[1]):
+            record.exc_info, record.exc_text = None, None
+        return True
+
+
+_QUIET = _NoUserErrorTraceback()
+
+
 def _run_flow(module: str, name: str, **kwargs) -> dict:
-    """Import a flow lazily, run it, print its summary; errors become a clear message and exit code 2."""
+    """Import a flow lazily, run it, print its summary; user errors become one line and exit code 2."""
     import importlib
 
-    try:
+    for logger_name in ("prefect.flow_runs", "prefect.task_runs"):
+        logger = logging.getLogger(logger_name)
+        if _DEBUG["on"]:
+            logger.removeFilter(_QUIET)
+        else:
+            logger.addFilter(_QUIET)
+    with _user_errors():
         result = getattr(importlib.import_module(module), name)(**kwargs)
-    except AIFeedbackError as exc:
-        _fail(exc)
     _summary(result)
     return result
 
@@ -91,10 +187,8 @@ def models(convert: bool = typer.Option(True, help="Convert the embedded GGUF no
     from aifeedback.models import describe_defaults
     from aifeedback.paths import cache_dir
 
-    try:
+    with _user_errors():
         rows = describe_defaults(convert=convert)
-    except AIFeedbackError as exc:
-        _fail(exc)
     table = Table("role", "model", "resolves to", "status", title=f"cache: {cache_dir()}")
     for r in rows:
         table.add_row(r["role"], r["model"], r["path"], r["status"])
@@ -105,50 +199,44 @@ def models(convert: bool = typer.Option(True, help="Convert the embedded GGUF no
 def generate(
     run_dir: str = RunDir,
     config: Optional[Path] = ConfigPath,
-    input: Optional[str] = typer.Option(None, "--input", "-i", help="Prompt set (datasets folder, Parquet, JSONL, CSV)."),
-    prompt_column: Optional[str] = typer.Option(None, help="Column holding the prompt (text or chat messages)."),
-    n: Optional[int] = typer.Option(None, "--n", help="Responses per prompt."),
-    limit: Optional[int] = typer.Option(None, help="Only the first N prompts."),
-    max_new_tokens: Optional[int] = typer.Option(None, help="Most tokens per response."),
-    seed: Optional[int] = typer.Option(None, help="Base seed."),
-    backend: Optional[str] = BackendKind,
-    model: Optional[str] = Model,
-    base_url: Optional[str] = BaseUrl,
+    input: Optional[str] = opt(GenerateConfig, "input", "--input", "-i"),
+    prompt_column: Optional[str] = opt(GenerateConfig, "prompt_column", "--prompt-column"),
+    sampling__n: Optional[int] = opt(GenerateConfig, "sampling.n", "--n"),
+    limit: Optional[int] = opt(GenerateConfig, "limit", "--limit"),
+    sampling__max_new_tokens: Optional[int] = opt(GenerateConfig, "sampling.max_new_tokens", "--max-new-tokens"),
+    sampling__seed: Optional[int] = opt(GenerateConfig, "sampling.seed", "--seed"),
+    backend__kind: Optional[str] = BackendKind,
+    backend__model: Optional[str] = Model,
+    backend__base_url: Optional[str] = BaseUrl,
     max_batches: Optional[int] = typer.Option(None, help="Compute at most this many new batches, then stop (resume later)."),
     set_: Optional[list[str]] = Sets,
 ) -> None:
     """Generate n responses per prompt into the run store."""
-    ov = _overrides(
-        set_,
-        input=input,
-        prompt_column=prompt_column,
-        limit=limit,
-        sampling__n=n,
-        sampling__max_new_tokens=max_new_tokens,
-        sampling__seed=seed,
-        backend__kind=backend,
-        backend__model=model,
-        backend__base_url=base_url,
-    )
-    _run_flow("flows.generate", "generate_flow", run_dir=run_dir, config_path=str(config) if config else None, overrides=ov, max_batches=max_batches)
+    flags = _flags(GenerateConfig, locals())
+    with _user_errors():
+        cfg = _config("generate", config, set_, flags)
+    _run_flow("flows.generate", "generate_flow", run_dir=run_dir, **cfg, max_batches=max_batches)
 
 
 @app.command()
 def label(
     run_dir: str = RunDir,
     config: Optional[Path] = ConfigPath,
-    input: Optional[str] = typer.Option(None, "--input", "-i", help="Pairs file; default: pairs from this run's responses."),
-    method: Optional[str] = typer.Option(None, help="pairwise or pointwise."),
-    orders: Optional[str] = typer.Option(None, help="both (default) or single (baseline)."),
-    calibrate: Optional[bool] = typer.Option(None, "--calibrate/--no-calibrate", help="Contextual calibration of the option prior."),
-    cot: Optional[bool] = typer.Option(None, "--cot/--no-cot", help="Chain-of-thought rationale before scoring."),
-    few_shot: Optional[bool] = typer.Option(None, "--few-shot/--no-few-shot", help="Include the template's exemplars."),
-    constitution: Optional[str] = typer.Option(None, help="Constitution id or path for choice principles."),
-    principles: Optional[str] = typer.Option(None, help="sample or ensemble."),
-    limit: Optional[int] = typer.Option(None, help="Only the first N pairs."),
-    backend: Optional[str] = BackendKind,
-    model: Optional[str] = Model,
-    base_url: Optional[str] = BaseUrl,
+    input: Optional[str] = opt(LabelConfig, "input", "--input", "-i"),
+    prompt_column: Optional[str] = opt(LabelConfig, "prompt_column", "--prompt-column"),
+    response_a_column: Optional[str] = opt(LabelConfig, "response_a_column", "--response-a-column"),
+    response_b_column: Optional[str] = opt(LabelConfig, "response_b_column", "--response-b-column"),
+    method: Optional[str] = opt(LabelConfig, "method", "--method"),
+    orders: Optional[str] = opt(LabelConfig, "orders", "--orders"),
+    calibrate: Optional[bool] = opt(LabelConfig, "calibrate", "--calibrate/--no-calibrate"),
+    cot: Optional[bool] = opt(LabelConfig, "cot", "--cot/--no-cot"),
+    few_shot: Optional[bool] = opt(LabelConfig, "few_shot", "--few-shot/--no-few-shot"),
+    constitution: Optional[str] = opt(LabelConfig, "constitution", "--constitution"),
+    principles: Optional[str] = opt(LabelConfig, "principles", "--principles"),
+    limit: Optional[int] = opt(LabelConfig, "limit", "--limit"),
+    backend__kind: Optional[str] = BackendKind,
+    backend__model: Optional[str] = Model,
+    backend__base_url: Optional[str] = BaseUrl,
     max_batches: Optional[int] = typer.Option(None, help="Compute at most this many new batches, then stop."),
     runner: str = typer.Option("sequential", help="Where batches run: sequential, threads, or ray (sharded over Ray workers; each writes its own shards)."),
     workers: Optional[int] = typer.Option(None, help="threads/ray: workers (a local Ray cluster gets this many CPUs)."),
@@ -156,54 +244,33 @@ def label(
     set_: Optional[list[str]] = Sets,
 ) -> None:
     """Label preference pairs with the AI labeler, both orders by default."""
-    ov = _overrides(
-        set_,
-        input=input,
-        method=method,
-        orders=orders,
-        calibrate=calibrate,
-        cot=cot,
-        few_shot=few_shot,
-        constitution=constitution,
-        principles=principles,
-        limit=limit,
-        backend__kind=backend,
-        backend__model=model,
-        backend__base_url=base_url,
-    )
-    _run_flow("flows.label", "label_flow", run_dir=run_dir, config_path=str(config) if config else None, overrides=ov, max_batches=max_batches, runner=runner, workers=workers, ray_address=ray_address)
+    flags = _flags(LabelConfig, locals())
+    with _user_errors():
+        cfg = _config("label", config, set_, flags)
+    _run_flow("flows.label", "label_flow", run_dir=run_dir, **cfg, max_batches=max_batches, runner=runner, workers=workers, ray_address=ray_address)
 
 
 @app.command()
 def revise(
     run_dir: str = RunDir,
     config: Optional[Path] = ConfigPath,
-    constitution: Optional[str] = typer.Option(None, help="Constitution id or YAML path."),
-    rounds: Optional[int] = typer.Option(None, help="Critique -> revise rounds per response."),
-    few_shot: Optional[bool] = typer.Option(None, "--few-shot/--no-few-shot", help="Use the constitution's exemplars."),
-    filter_regex: Optional[str] = typer.Option(None, help="Revise only responses matching this regex."),
-    limit: Optional[int] = typer.Option(None, help="Only the first N responses."),
-    max_new_tokens: Optional[int] = typer.Option(None, help="Most tokens per critique or revision."),
-    backend: Optional[str] = BackendKind,
-    model: Optional[str] = Model,
-    base_url: Optional[str] = BaseUrl,
+    constitution: Optional[str] = opt(ReviseConfig, "constitution", "--constitution"),
+    rounds: Optional[int] = opt(ReviseConfig, "rounds", "--rounds"),
+    few_shot: Optional[bool] = opt(ReviseConfig, "few_shot", "--few-shot/--no-few-shot"),
+    filter_regex: Optional[str] = opt(ReviseConfig, "filter_regex", "--filter-regex"),
+    limit: Optional[int] = opt(ReviseConfig, "limit", "--limit"),
+    sampling__max_new_tokens: Optional[int] = opt(ReviseConfig, "sampling.max_new_tokens", "--max-new-tokens"),
+    backend__kind: Optional[str] = BackendKind,
+    backend__model: Optional[str] = Model,
+    backend__base_url: Optional[str] = BaseUrl,
     max_batches: Optional[int] = typer.Option(None, help="Compute at most this many new batches, then stop."),
     set_: Optional[list[str]] = Sets,
 ) -> None:
     """Critique and revise this run's responses under a constitution."""
-    ov = _overrides(
-        set_,
-        constitution=constitution,
-        rounds=rounds,
-        few_shot=few_shot,
-        filter_regex=filter_regex,
-        limit=limit,
-        sampling__max_new_tokens=max_new_tokens,
-        backend__kind=backend,
-        backend__model=model,
-        backend__base_url=base_url,
-    )
-    _run_flow("flows.revise", "revise_flow", run_dir=run_dir, config_path=str(config) if config else None, overrides=ov, max_batches=max_batches)
+    flags = _flags(ReviseConfig, locals())
+    with _user_errors():
+        cfg = _config("revise", config, set_, flags)
+    _run_flow("flows.revise", "revise_flow", run_dir=run_dir, **cfg, max_batches=max_batches)
 
 
 constitution_app = typer.Typer(help="Validate and show constitution files.", no_args_is_help=True)
@@ -215,10 +282,8 @@ def constitution_validate(file: str = typer.Argument(..., help="Constitution YAM
     """Check a constitution: unique ids, non-empty texts, known placeholders, no unknown keys."""
     from aifeedback.constitution import load_constitution
 
-    try:
+    with _user_errors():
         con, _ = load_constitution(file)
-    except AIFeedbackError as exc:
-        _fail(exc)
     console.print(f"[green]ok[/] {con.id} v{con.version}: {len(con.critique_revision)} critique/revision pairs, {len(con.choice)} choice principles, {len(con.exemplars)} exemplars; sha256 {con.sha256[:16]}")
 
 
@@ -227,10 +292,8 @@ def constitution_show(file: str = typer.Argument(..., help="Constitution YAML pa
     """Print a constitution's principles."""
     from aifeedback.constitution import load_constitution
 
-    try:
+    with _user_errors():
         con, _ = load_constitution(file)
-    except AIFeedbackError as exc:
-        _fail(exc)
     console.print(f"[bold]{con.id}[/] v{con.version}: {con.description.strip()}")
     t = Table("id", "critique", "revision", title="critique / revision pairs")
     for p in con.critique_revision:
@@ -269,10 +332,8 @@ def import_pairs(
     """Turn a human-preference data set into a pairs file for `aifeedback label --input`."""
     from labelers.human_data import load_human
 
-    try:
+    with _user_errors():
         items = load_human(fmt, src, limit, seed)
-    except AIFeedbackError as exc:
-        _fail(exc)
     Path(out).parent.mkdir(parents=True, exist_ok=True)
     with open(out, "w", encoding="utf-8") as fh:
         for it in items:
@@ -284,28 +345,36 @@ def import_pairs(
 def train_rm(
     run_dir: str = RunDir,
     out: str = typer.Option(..., "--out", help="Folder for the model, its card and its config."),
-    labels: Optional[str] = typer.Option(None, help="soft (default) or hard."),
+    config: Optional[Path] = ConfigPath,
+    labels: Optional[str] = opt(RewardConfig, "labels", "--labels"),
+    backbone: Optional[str] = opt(RewardConfig, "backbone", "--backbone"),
     human: Optional[str] = typer.Option(None, help="Human labels for held-out evaluation (joined by pair id)."),
     human_format: str = typer.Option("hh", help="hh, pandalm, llmbar or generic."),
     set_: Optional[list[str]] = Sets,
 ) -> None:
     """Distilled RLAIF: train a reward model on this run's AI soft labels."""
-    ov = _overrides(set_, labels=labels)
-    _run_flow("flows.train", "train_rm_flow", run_dir=run_dir, out_dir=out, overrides=ov, human=human, human_format=human_format)
+    flags = _flags(RewardConfig, locals())
+    with _user_errors():
+        cfg = _config("train-rm", config, set_, flags)
+    _run_flow("flows.train", "train_rm_flow", run_dir=run_dir, out_dir=out, **cfg, human=human, human_format=human_format)
 
 
 @app.command("train-rl")
 def train_rl(
     out: str = typer.Option(..., "--out", help="Folder for the trained policy and its reward curve."),
-    reward: str = typer.Option("direct", help="rm (a trained reward model) or direct (the labeler's 1-10 score)."),
-    reward_model: Optional[str] = typer.Option(None, help="rm: folder from `aifeedback train-rm`."),
+    config: Optional[Path] = ConfigPath,
+    reward: Optional[str] = opt(RLConfig, "reward", "--reward"),
+    reward_model: Optional[str] = opt(RLConfig, "reward_model", "--reward-model"),
+    policy: Optional[str] = opt(RLConfig, "policy", "--policy"),
     prompts: Optional[str] = typer.Option(None, help="Prompt file; default data/prompts."),
     limit: int = typer.Option(8, help="Prompts used."),
     set_: Optional[list[str]] = Sets,
 ) -> None:
     """RL on AI feedback (GRPO with a KL penalty to the reference policy)."""
-    ov = _overrides(set_, reward=reward, reward_model=reward_model)
-    _run_flow("flows.train", "train_rl_flow", out_dir=out, prompts_file=prompts, overrides=ov, limit=limit)
+    flags = _flags(RLConfig, locals())
+    with _user_errors():
+        cfg = _config("train-rl", config, set_, flags)
+    _run_flow("flows.train", "train_rl_flow", out_dir=out, prompts_file=prompts, **cfg, limit=limit)
 
 
 @app.command("train-dpo")
@@ -313,11 +382,15 @@ def train_dpo(
     out: str = typer.Option(..., "--out", help="Folder for the trained policy."),
     run_dir: Optional[str] = typer.Option(None, "--run-dir", help="A labelled run: its AI labels become DPO pairs."),
     preferences: Optional[str] = typer.Option(None, help="Or a Parquet file in TRL columns (prompt, chosen, rejected)."),
+    config: Optional[Path] = ConfigPath,
+    policy: Optional[str] = opt(DPOTrainConfig, "policy", "--policy"),
     set_: Optional[list[str]] = Sets,
 ) -> None:
     """DPO on AI-labelled pairs through TRL (confidence filter; soft labels as label smoothing)."""
-    ov = _overrides(set_)
-    _run_flow("flows.train", "train_dpo_flow", out_dir=out, run_dir=run_dir, preferences=preferences, overrides=ov)
+    flags = _flags(DPOTrainConfig, locals())
+    with _user_errors():
+        cfg = _config("train-dpo", config, set_, flags)
+    _run_flow("flows.train", "train_dpo_flow", out_dir=out, run_dir=run_dir, preferences=preferences, **cfg)
 
 
 # aifeedback.export imports only the standard library and yaml at load, so --help stays fast
@@ -343,10 +416,8 @@ def export(
     """Export a run as a Hugging Face data set: preferences / sft / revision_preferences / pointwise configs, train/test splits, a provenance card."""
     from flows.export import export_run
 
-    try:
+    with _user_errors():
         out = export_run(run_dir, to_dir, repo_id, private, report, test_size=test_size, seed=seed, min_confidence=min_confidence, consistent_only=consistent_only, drop_suspected_injection=drop_suspected_injection, license=license)
-    except AIFeedbackError as exc:
-        _fail(exc)
     table = Table("config", *out["splits"], title=f"exported to {out['to_dir']}")
     for name, rows in out["rows"].items():
         table.add_row(name, *(str(rows.get(s, 0)) for s in out["splits"]))
@@ -365,7 +436,7 @@ def export(
 
 @app.command()
 def schedule(
-    flow: str = typer.Argument(..., help="Flow to schedule: label, generate, revise, agreement, pipeline, export or demo."),
+    flow: str = typer.Argument(..., help=f"Flow to schedule: {', '.join(FLOWS)}."),
     cron: Optional[str] = typer.Option(None, help="Cron schedule, e.g. '0 2 * * *' (UTC)."),
     interval: Optional[float] = typer.Option(None, help="Or an interval in seconds."),
     name: Optional[str] = typer.Option(None, help="Deployment name (default FLOW-scheduled)."),
@@ -378,17 +449,15 @@ def schedule(
     from aifeedback.config import parse_overrides
     from flows.schedule import flow_parameters, serve_flow
 
-    try:
+    with _user_errors():
         params = flow_parameters(flow, run_dir, str(config) if config else None, parse_overrides(set_))
         serve_flow(flow, cron=cron, interval=interval, deployment=name, parameters=params, limit=limit)
-    except AIFeedbackError as exc:
-        _fail(exc)
 
 
 @app.command()
 def runs(
     limit: int = typer.Option(20, help="How many runs, newest first."),
-    flow: Optional[str] = typer.Option(None, help="Only runs of this flow (label, pipeline, ...)."),
+    flow: Optional[str] = typer.Option(None, help=f"Only runs of this flow: {', '.join(FLOWS)}."),
     deployment: Optional[str] = typer.Option(None, help="Only runs of this deployment."),
     upcoming: bool = typer.Option(False, help="Include runs scheduled for the future."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
@@ -411,15 +480,27 @@ def runs(
     console.print(table)
 
 
-@app.command("config")
-def show_config(name: str = typer.Argument(..., help="Config class, e.g. GenerateConfig.")) -> None:
-    """Print a stage config's keys, defaults and descriptions."""
+def config_classes() -> dict[str, type]:
+    """Every config model by class name: the stage configs, their sections, each backend kind's, the trainers'."""
     import aifeedback.config as C
 
-    cls = getattr(C, name, None)
-    if cls is None or not isinstance(cls, type):
-        _fail(ValueError(f"unknown config {name!r}; try GenerateConfig, BackendConfig, SamplingConfig"))
-    console.print_json(json.dumps(cls.model_json_schema()))
+    models = [getattr(C, n) for n in C.__all__]
+    out = {m.__name__: m for m in models if isinstance(m, type) and issubclass(m, C.StrictModel) and m is not C.StrictModel}
+    return out | {c.__name__: c for c in (RewardConfig, RLConfig, DPOTrainConfig)}
+
+
+@app.command("config")
+def show_config(name: str = typer.Argument(..., help="Config class, e.g. LabelConfig, BackendConfig (every backend kind) or OpenAIBackendConfig.")) -> None:
+    """Print a config's keys, defaults and descriptions (JSON schema)."""
+    from pydantic import TypeAdapter
+
+    from aifeedback.config import AnyBackendConfig
+
+    classes = config_classes()
+    if name not in classes:
+        _fail(ConfigError(f"unknown config {name!r}; one of {', '.join(sorted(classes))}"))
+    schema = TypeAdapter(AnyBackendConfig).json_schema() if name == "BackendConfig" else classes[name].model_json_schema()
+    console.print_json(json.dumps(schema))
 
 
 @app.command()
@@ -428,24 +509,18 @@ def demo(
     prompts: int = typer.Option(4, help="How many prompts from data/prompts."),
 ) -> None:
     """Run the demo pipeline on the embedded default models and print where its outputs are."""
-    try:
+    with _user_errors():
         from flows.demo import demo_flow
 
         t0 = time.perf_counter()
         out = demo_flow(run_dir=run_dir, n_prompts=prompts)
-    except AIFeedbackError as exc:
-        _fail(exc)
     console.print(f"\n[bold green]demo finished in {time.perf_counter() - t0:.0f} s[/]. Outputs:")
     for k, v in out.items():
         console.print(f"  {k}: {v}")
 
 
 def main() -> None:  # pragma: no cover
-    try:
-        app()
-    except AIFeedbackError as exc:
-        console.print(f"[bold red]error:[/] {exc}")
-        sys.exit(2)
+    app()
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -16,7 +16,7 @@ from prefect.cache_policies import NO_CACHE
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from aifeedback.provenance import git_commit, library_versions
-from aifeedback.stage import Batch, BatchResult, Excluded, StageJob, iter_batches, run_batch
+from aifeedback.stage import Batch, BatchResult, Excluded, Reuse, StageJob, iter_batches, run_batch
 from aifeedback.store import RunStore
 
 
@@ -28,6 +28,30 @@ def stage_batch(store_root: str, job: StageJob, batch: Batch) -> BatchResult:
 
 def _rows(path) -> int:
     return pq.ParquetFile(path).metadata.num_rows
+
+
+def _count(store: RunStore, stage: str, keys: list[str], partial: set[str], selection: list[str] | None) -> tuple[int, int]:
+    """(rows, exclusions) over the invocation's shards; shards used in part count only its items."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    sel = pa.array(selection or [], pa.string())
+    n_rows = n_excl = 0
+    for k in keys:
+        if not store.has(stage, k):
+            continue
+        for path, is_excl in ((store.shard_path(stage, k), False), (store.excluded_path(stage, k), True)):
+            if not path.is_file():
+                continue
+            if k in partial:
+                n = pc.sum(pc.is_in(pq.read_table(path, columns=["item_key"]).column(0), value_set=sel)).as_py() or 0
+            else:
+                n = _rows(path)
+            if is_excl:
+                n_excl += n
+            else:
+                n_rows += n
+    return n_rows, n_excl
 
 
 def execute_stage(
@@ -57,15 +81,15 @@ def execute_stage(
 
         log = logging.getLogger("aifeedback")
     stream = itertools.chain((Excluded(e) for e in input_excluded or []), items)
-    keys: list[str] = []
+    reuse = Reuse(*store.item_index(job.stage))
+    keys: list[str] = []  # new shards of this invocation, in order
     results: list[BatchResult] = []
     pending: deque = deque()
-    n_in = n_batches = n_submitted = 0
+    n_batches = n_submitted = 0
     runner_ctx = task_runner if task_runner is not None else contextlib.nullcontext()
     with runner_ctx, Progress(TextColumn(f"[bold]{job.stage}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), disable=not show_progress) as bar:
         tid = bar.add_task(job.stage, total=None)
-        for b in iter_batches(store, job, stream, batch_size):
-            n_in += len(b.items) + len(b.excluded)
+        for b in iter_batches(store, job, stream, batch_size, reuse):
             keys.append(b.key)
             if not b.items:  # input exclusions: no model, no task
                 if not b.done:
@@ -88,10 +112,12 @@ def execute_stage(
         while pending:
             results.append(pending.popleft().result())
             bar.advance(tid)
-    log.info("%s: %d items in %d batches, %d computed", job.stage, n_in, n_batches, sum(1 for r in results if r.computed))
+    n_in = reuse.n_in
+    log.info("%s: %d items, %d reused from earlier shards, %d new in %d batches, %d computed", job.stage, n_in, reuse.n_reused, n_in - reuse.n_reused, n_batches, sum(1 for r in results if r.computed))
     complete = all(store.has(job.stage, k) for k in keys)
-    n_rows = sum(_rows(store.shard_path(job.stage, k)) for k in keys if store.has(job.stage, k))
-    n_excl = sum(_rows(store.excluded_path(job.stage, k)) for k in keys if store.has(job.stage, k))
+    partial = reuse.partial()
+    all_keys = list(reuse.used) + [k for k in keys if k not in reuse.used]
+    n_rows, n_excl = _count(store, job.stage, all_keys, set(partial), reuse.keys if partial else None)
     calls = sum(r.stats.get("model_calls", 0) for r in results if r.computed)
     summary = {
         "stage": job.stage,
@@ -101,6 +127,7 @@ def execute_stage(
         "n_out": n_rows,
         "n_excluded": n_excl,
         "batches": n_batches,
+        "items_reused": reuse.n_reused,
         "batches_computed": sum(1 for r in results if r.computed),
         "model_calls": calls,
         "retries": sum(r.stats.get("retries", 0) for r in results if r.computed),
@@ -113,7 +140,7 @@ def execute_stage(
     if complete:
         store.write_manifest(
             job.stage,
-            keys,
+            all_keys,
             {
                 **{k: summary[k] for k in ("n_in", "n_out", "n_excluded", "batches")},
                 "key_config": job.key_config(),
@@ -123,6 +150,8 @@ def execute_stage(
                 "versions": library_versions(),
                 **(extra_manifest or {}),
             },
+            partial=partial,
+            selection=reuse.keys,
         )
     store.append_history({"time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), **summary})
     log.info("%s: %s", job.stage, {k: summary[k] for k in ("n_in", "n_out", "n_excluded", "batches_computed", "model_calls")})

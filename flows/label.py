@@ -43,7 +43,7 @@ def label_flow(
         max_batches=max_batches,
         task_runner=make_task_runner(runner, workers, ray_address),
         max_in_flight=2 * (workers or os.cpu_count() or 1),
-        extra_manifest={"template": job.template.model_dump(), "constitution_id": job.constitution.id if job.constitution else None, "constitution_version": job.constitution_version},
+        extra_manifest={"derive": job.derivation(), "template": job.template.model_dump(), "constitution_id": job.constitution.id if job.constitution else None, "constitution_version": job.constitution_version},
     )
     ranks_path = store.root / "labels_rankings.parquet"
     if summary["complete"]:

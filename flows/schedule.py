@@ -13,14 +13,19 @@ from pathlib import Path
 
 from aifeedback.errors import ConfigError
 
+# Every flow, by its Prefect flow name: the one list that `aifeedback schedule`, `aifeedback runs`
+# and prefect.yaml's entrypoints go by (tests/test_schedule.py checks the README and prefect.yaml against it).
 FLOWS = {
     "generate": "flows.generate:generate_flow",
     "revise": "flows.revise:revise_flow",
     "label": "flows.label:label_flow",
-    "agreement": "flows.agreement:agreement_flow",
     "pipeline": "flows.pipeline:pipeline_flow",
-    "demo": "flows.demo:demo_flow",
+    "agreement": "flows.agreement:agreement_flow",
     "export": "flows.export:export_flow",
+    "demo": "flows.demo:demo_flow",
+    "train-rm": "flows.train:train_rm_flow",
+    "train-rl": "flows.train:train_rl_flow",
+    "train-dpo": "flows.train:train_dpo_flow",
 }
 
 NEED_SERVER = (
@@ -47,24 +52,30 @@ def flow_parameters(name: str, run_dir: str, config: str | None, sets: dict) -> 
     Stage flows take ``run_dir``, ``config_path`` and ``overrides`` (the ``--set`` keys);
     the others take their parameters directly from ``--set`` (``pipeline``: ``--set
     label.batch_size=64``; ``export``: ``--set options.min_confidence=0.2``;
-    ``agreement``: ``--set human=FILE --set runs=[ai=RUN]``).
+    ``agreement``: ``--set human=FILE --set runs=[ai=RUN]``; ``train-rm``: ``--set
+    out_dir=DIR --set overrides.labels=hard``), ``--config`` goes to their
+    ``config_path`` when they have one, and ``--run-dir`` to a ``run_dir`` they need.
     """
     import inspect
 
     fl = load_flow(name)
+    accepts = inspect.signature(fl.fn).parameters
     run_dir = str(Path(run_dir).resolve())  # runs start in another process
+    config_path = str(Path(config).resolve()) if config else None
     if name in STAGE_FLOWS:
-        params = {"run_dir": run_dir, "config_path": str(Path(config).resolve()) if config else None, "overrides": sets}
+        params = {"run_dir": run_dir, "config_path": config_path, "overrides": sets}
     else:
-        if config:
-            raise ConfigError(f"--config applies to the stage flows {STAGE_FLOWS}; give {name} its parameters with --set")
+        if config and "config_path" not in accepts:
+            raise ConfigError(f"--config applies only to flows that read a config file; give {name} its parameters with --set (it accepts: {', '.join(accepts)})")
         params = dict(sets)
-        if "run_dir" in inspect.signature(fl.fn).parameters:
+        if config_path:
+            params["config_path"] = config_path
+        if "run_dir" in accepts and accepts["run_dir"].default is not None:  # optional run dirs (train-dpo) stay unset
             params.setdefault("run_dir", run_dir)
     try:
         fl.validate_parameters(params)
     except Exception as exc:
-        accepted = ", ".join(inspect.signature(fl.fn).parameters)
+        accepted = ", ".join(accepts)
         raise ConfigError(f"parameters {sorted(params)} do not fit flow {name!r} ({type(exc).__name__}: {str(exc)[:300]}); it accepts: {accepted}") from None
     return params
 

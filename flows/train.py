@@ -1,4 +1,8 @@
-"""Training flows: the distilled-RLAIF reward model (more trainers land here)."""
+"""Training flows: the distilled-RLAIF reward model, GRPO and DPO.
+
+Each takes ``config_path`` (a YAML config of its trainer) and ``overrides`` (the
+``--set`` keys), through :func:`aifeedback.config.build_config` like the stage flows.
+"""
 
 from __future__ import annotations
 
@@ -6,22 +10,27 @@ from pathlib import Path
 
 from prefect import flow
 
+from aifeedback.config import build_config
+from aifeedback.errors import InputError
 from aifeedback.provenance import git_commit, library_versions
 from aifeedback.store import RunStore
 from labelers.human_data import load_human
 from trainers.data import split_with_humans
 from trainers.reward_config import RewardConfig
-from trainers.reward_trainer import RewardTrainer
+from trainers.reward_trainer import RewardTrainer, select_pairs
 
 
 @flow(name="train-rm", log_prints=True)
-def train_rm_flow(run_dir: str, out_dir: str, overrides: dict | None = None, human: str | None = None, human_format: str = "hh", human_seed: int = 0) -> dict:
+def train_rm_flow(run_dir: str, out_dir: str, config_path: str | None = None, overrides: dict | None = None, human: str | None = None, human_format: str = "hh", human_seed: int = 0) -> dict:
     """Train a reward model on a run's AI labels; evaluate on held-out human labels when given."""
-    cfg = RewardConfig.model_validate(overrides or {})
+    cfg = build_config(RewardConfig, config_path, overrides)
     store = RunStore(run_dir)
     rows = store.read_table("labels").to_pylist()
     humans = {h["pair_id"]: h for h in load_human(human_format, human, None, human_seed)} if human else None
     train, held = split_with_humans(rows, humans, cfg.eval_fraction if humans else 0.0, cfg.seed)
+    kept, dropped = select_pairs(train, cfg)
+    if not kept:
+        raise InputError(f"no training pairs in {store.root} after filtering {len(train)} ({dropped}); lower min_confidence, drop exclude_inconsistent, or label more pairs")
     trainer = RewardTrainer(cfg)
     res = trainer.train(train, held)
     manifest = store.manifest("labels")
@@ -32,7 +41,7 @@ def train_rm_flow(run_dir: str, out_dir: str, overrides: dict | None = None, hum
 
 
 @flow(name="train-rl", log_prints=True)
-def train_rl_flow(out_dir: str, prompts_file: str | None = None, overrides: dict | None = None, limit: int = 8) -> dict:
+def train_rl_flow(out_dir: str, prompts_file: str | None = None, config_path: str | None = None, overrides: dict | None = None, limit: int = 8) -> dict:
     """GRPO on the policy with a KL penalty; reward from a reward model (rm) or the labeler's score (direct)."""
     import json
 
@@ -42,7 +51,7 @@ def train_rl_flow(out_dir: str, prompts_file: str | None = None, overrides: dict
 
     from .generate import DEFAULT_PROMPTS
 
-    cfg = RLConfig.model_validate(overrides or {})
+    cfg = build_config(RLConfig, config_path, overrides)
     items, _ = load_prompts(prompts_file or str(DEFAULT_PROMPTS), "prompt", None, limit)
     out = train_grpo(cfg, [it["messages"] for it in items], out_dir)
     trainer = out.pop("trainer")
@@ -53,7 +62,7 @@ def train_rl_flow(out_dir: str, prompts_file: str | None = None, overrides: dict
 
 
 @flow(name="train-dpo", log_prints=True)
-def train_dpo_flow(out_dir: str, run_dir: str | None = None, preferences: str | None = None, overrides: dict | None = None) -> dict:
+def train_dpo_flow(out_dir: str, run_dir: str | None = None, preferences: str | None = None, config_path: str | None = None, overrides: dict | None = None) -> dict:
     """DPO through TRL on AI-labelled pairs (a run's labels) or a TRL-column preference file."""
     import json
 
@@ -62,14 +71,16 @@ def train_dpo_flow(out_dir: str, run_dir: str | None = None, preferences: str | 
     from trainers.rl import dpo_dataset, train_dpo
     from trainers.rl_config import DPOTrainConfig
 
-    cfg = DPOTrainConfig.model_validate(overrides or {})
+    cfg = build_config(DPOTrainConfig, config_path, overrides)
+    if (run_dir is None) == (preferences is None):
+        raise InputError("give one source of pairs: --run-dir RUN (a labelled run) or --preferences FILE (Parquet with prompt, chosen, rejected)")
     if preferences:
         rows = [{k: r[k] for k in ("prompt", "chosen", "rejected")} for r in pq.read_table(preferences).to_pylist()]
         smoothing = 0.0
     else:
         rows, smoothing = dpo_dataset(RunStore(run_dir).read_table("labels").to_pylist(), cfg)
     if not rows:
-        raise ValueError("no preference pairs to train on; lower min_confidence or label more pairs")
+        raise InputError(f"no preference pairs to train on in {preferences or run_dir}; lower min_confidence or label more pairs")
     out = train_dpo(cfg, rows, out_dir, smoothing)
     trainer = out.pop("trainer")
     trainer.save_model(out_dir)

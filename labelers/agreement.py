@@ -28,10 +28,10 @@ def judge_from_run(name: str, run_dir: str) -> Judge:
     if not rows:
         raise InputError(f"run {run_dir} has no label rows; run `aifeedback label --run-dir {run_dir}` first")
     modes = sorted({r["mode"] for r in rows})
-    # the verdict is the soft label's argmax (as in the RLAIF paper); the tie margin only shapes exports
+    # the verdict is the label's hard label (aifeedback.preference.winner, with the run's tie margin), as in exports
     return Judge(
         name,
-        {r["pair_id"]: ("A" if r["p_a"] > 0.5 else "B" if r["p_a"] < 0.5 else "tie") for r in rows},
+        {r["pair_id"]: r["hard_label"] for r in rows},
         {r["pair_id"]: r["p_a"] for r in rows},
         {r["pair_id"]: r for r in rows},
         f"{rows[0]['labeler_model']} via {rows[0]['backend']}, mode {', '.join(modes)}, template {rows[0]['template_version']}",
@@ -53,7 +53,7 @@ def judge_from_file(name: str, path: str, id_prefix: str = "", id_column: str | 
     id_col = id_column or ("idx" if "idx" in first else "pair_id")
     lab_col = label_column or next((k for k in first if k.endswith("_result")), None) or "label"
     if id_col not in first or lab_col not in first:
-        raise InputError(f"judge file {p}: no id column {id_col!r} or verdict column {lab_col!r}. Available columns: {sorted(first)}. Pass --judge-id-column / --judge-label-column.")
+        raise InputError(f"judge file {p}: no id column {id_col!r} or verdict column {lab_col!r}. Available columns: {sorted(first)}. Name the id column pair_id (or idx) and the verdict column label (or NAME_result).")
     prefix = id_prefix or ("pandalm-" if id_col == "idx" else "")
     verdicts, unknown = {}, len(rows) - len(data)  # rows that are not objects count as unreadable
     for r in data:
@@ -65,7 +65,7 @@ def judge_from_file(name: str, path: str, id_prefix: str = "", id_column: str | 
     if not verdicts:
         raise InputError(
             f"judge file {p}: none of its {len(rows)} verdicts in column {lab_col!r} is readable (A/B/tie, 1/2/0 or response_a/response_b, "
-            f"e.g. got {first.get(lab_col)!r}). Pass --judge-label-column with the verdict column."
+            f"e.g. got {first.get(lab_col)!r}). Put the verdicts in a column named label (or NAME_result)."
         )
     desc = f"verdicts from {p.name} (column {lab_col})" + (f"; {unknown} unreadable verdicts skipped and counted" if unknown else "")
     j = Judge(name, verdicts, description=desc)
@@ -81,7 +81,7 @@ def evaluate(judge: Judge, humans: dict[str, dict], n_boot: int = 2000) -> dict:
     if not joined:
         raise InputError(
             f"judge {judge.name!r} shares no pair ids with the human labels ({len(ids_j)} judge ids such as {sorted(ids_j)[:3]}, "
-            f"{len(ids_h)} human ids such as {sorted(ids_h)[:3]}). Label the same pairs, or pass --judge-id-prefix."
+            f"{len(ids_h)} human ids such as {sorted(ids_h)[:3]}). Label the same pairs (`aifeedback import-pairs` keeps their ids), or write the human labels' ids into the judge file's pair_id column."
         )
     decided = [i for i in joined if humans[i]["human"] in ("A", "B")]
     pred = [judge.verdicts[i] for i in decided]
@@ -134,7 +134,7 @@ def human_ceiling(humans: dict[str, dict]) -> dict | None:
 
 
 DEFINITIONS = {
-    "agreement": "Share of items with a non-tie human label where the judge's verdict equals it (a judge tie counts as a miss). For labelers from this pipeline the verdict is the argmax of the soft label p(A>B), as in the RLAIF paper; verdict files give theirs. 95% CI: percentile bootstrap over items.",
+    "agreement": "Share of items with a non-tie human label where the judge's verdict equals it (a judge tie counts as a miss). For labelers from this pipeline the verdict is the label's hard label: the side p(A>B) favours, or a tie within the run's tie_margin (the same definition export and training use; `--set tie_margin=0` gives the RLAIF paper's argmax); verdict files give theirs. 95% CI: percentile bootstrap over items.",
     "kappa": "Cohen's kappa between judge and human labels on the same items: (p_o - p_e) / (1 - p_e), with p_e from each side's label frequencies.",
     "human ceiling": "Mean agreement between pairs of human annotators of the same item (all three pairs for PandaLM).",
     "consistency": "Share of pairs whose two orders pick the same winner.",

@@ -11,7 +11,7 @@ from aifeedback.config import LabelConfig
 from aifeedback.constitution import Constitution, load_constitution
 from aifeedback.errors import InputError
 from aifeedback.io import iter_rows, to_messages
-from aifeedback.records import LABELS, exclusion, stable_id
+from aifeedback.records import LABEL_OUTPUTS, exclusion, stable_id
 from aifeedback.stage import Excluded, cached_backend
 from aifeedback.store import RunStore
 
@@ -96,7 +96,7 @@ def pairs_from_responses(store: RunStore, limit: int | None = None) -> list[dict
 class LabelJob:
     cfg: LabelConfig
     stage: str = "labels"
-    schema = LABELS
+    schema = LABEL_OUTPUTS
     template: Template = field(init=False)
     constitution: Constitution | None = field(init=False, default=None)
     constitution_version: str | None = field(init=False, default=None)
@@ -111,13 +111,21 @@ class LabelJob:
     def item_id(self, item: dict) -> str:
         return item["pair_id"]
 
+    # Settings that never change what the model produced: the inputs' layout, the batching, and
+    # what aifeedback/preference.py derives on read (tie margin, temperature, clamp).
+    NOT_KEYED = frozenset({"input", "limit", "batch_size", "backend", "prompt_column", "response_a_column", "response_b_column", "id_column", "tie_margin", "temperature", "cot_clamp"})
+
     def key_config(self) -> dict:
-        ignore = {"input", "limit", "batch_size", "backend", "prompt_column", "response_a_column", "response_b_column", "id_column"}
+        """What changes the model's outputs for an item (its content is keyed separately, per item)."""
         return {
-            **self.cfg.model_dump(mode="json", exclude=ignore),
+            **self.cfg.model_dump(mode="json", exclude=set(self.NOT_KEYED)),
             "backend": self.cfg.backend.identity(),
             "constitution_version": self.constitution_version,
         }
+
+    def derivation(self) -> dict:
+        """The settings readers apply to the stored outputs (written to the manifest)."""
+        return {"tie_margin": self.cfg.tie_margin, "temperature": self.cfg.temperature, "cot": self.cfg.cot, "cot_clamp": self.cfg.cot_clamp}
 
     def model_id(self) -> str:
         return self.cfg.backend.model

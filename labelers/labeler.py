@@ -13,13 +13,15 @@ import time
 from dataclasses import dataclass
 
 from aifeedback.backends import Backend
-from aifeedback.backends.base import ScoringPrompt, derive_seed
+from aifeedback.backends.base import ScoringPrompt, derive_seed, require_tokenizer
 from aifeedback.config import LabelConfig, SamplingConfig
 from aifeedback.constitution import Constitution
+from aifeedback.errors import ConfigError
+from aifeedback.preference import Derivation, derive
 from aifeedback.records import exclusion
 
 from .injection import pair_flags
-from .scores import apply_temperature, calibrate, expected_score, hard_label, normalised_reward, p_greater, position_preferred
+from .scores import calibrate, expected_score, normalised_reward
 from .templates import Template
 
 CONTENT_FREE = ("N/A", "", "[MASK]")  # Zhao et al. 2021, "Calibrate before use"
@@ -42,26 +44,27 @@ class Labeler:
     def __init__(self, backend: Backend, cfg: LabelConfig, template: Template, constitution: Constitution | None = None):
         self.backend, self.cfg, self.template, self.constitution = backend, cfg, template, constitution
         if cfg.method == "pairwise" and template.kind != "pairwise":
-            raise ValueError(f"method pairwise needs a pairwise template, got {template.id} ({template.kind})")
+            raise ConfigError(f"method pairwise needs a pairwise template, got {template.id} ({template.kind}); pass --set template=pairwise or a pairwise template file")
         if cfg.method == "pointwise" and template.kind != "pointwise":
-            raise ValueError(f"method pointwise needs a pointwise template, got {template.id} ({template.kind})")
+            raise ConfigError(f"method pointwise needs a pointwise template, got {template.id} ({template.kind}); pass --set template=pointwise or a pointwise template file")
         self.model_seconds = 0.0  # time spent inside backend calls
         self.calls = 0  # backend calls made by this labeler (not the backend's shared counters: threads share a backend)
         self.retries = 0  # retries reported by those calls' results
         self._template_version = template.full_version  # a hash: computed once, not per row
         self._mode = self.mode_name()
+        self._derivation = Derivation.from_config(cfg)
         self._seeded = constitution is not None or (cfg.method == "pairwise" and cfg.orders == "single")
-        self._encode = getattr(backend, "encode", None)
-        self._decode = getattr(getattr(backend, "tok", None), "decode", None)
+        require_tokenizer(backend, cfg.overlong)
+        self._tok = backend.tokenizer if backend.capabilities.tokenizer else None
 
     # input ----------------------------------------------------------------------
     def _truncate(self, text: str, limit: int, keep: str) -> tuple[str, bool]:
-        if self._encode is not None and self._decode is not None:
-            ids = self._encode(text)
+        if self._tok is not None:
+            ids = self._tok.encode(text)
             if len(ids) <= limit:
                 return text, False
             kept = ids[:limit] if keep == "head" else ids[-limit:]
-            body = self._decode(kept)
+            body = self._tok.decode(kept)
             return (body + " [...]") if keep == "head" else ("[...] " + body), True
         chars = limit * 4  # no tokenizer (remote endpoint): about 4 characters a token
         if len(text) <= chars:
@@ -168,53 +171,30 @@ class Labeler:
             if bad or (cfg.cot and any(rationales.get(s) is None for s, _ in entries)):
                 err = bad[0] if bad else None
                 detail = (err.error if err else "rationale generation failed") or "no probabilities"
-                excluded.append(exclusion(p.pair["pair_id"], "labels", "backend_error" if err is None or err.source == "error" else "unparseable", f"{detail} (retries: {sum(r.retries for _, r in entries)})", err.raw if err else None))
+                reason = "unparseable" if err is not None and err.source == "unparseable" else "backend_error"
+                excluded.append(exclusion(p.pair["pair_id"], "labels", reason, f"{detail} (retries: {sum(r.retries for _, r in entries)})", err.raw if err else None))
                 continue
-            rows.append(self._row(p, entries, priors, rationales, key, labeler_id, constitution_version))
+            rows.append(self._derived(self._row(p, entries, priors, rationales, key, labeler_id, constitution_version)))
         return rows, excluded
 
     def _row(self, p: Prepared, entries, priors, rationales, key: str, labeler_id: str, constitution_version: str | None) -> dict:
+        """The stored row: option probabilities per order and principle, and provenance.
+
+        p(A>B), the hard label, confidence and consistency are derived from ``option_probs``
+        when the labels are read (aifeedback/preference.py), so tie_margin, temperature and
+        cot_clamp never cost a model call.
+        """
         cfg, tpl = self.cfg, self.template
-        cands = tpl.candidates
-        raw_texts = []
+        raw_texts, option_probs = [], []
         sources = {r.source for _, r in entries}
-        if cfg.method == "pointwise":
-            dist = {}
-            for (i, pi, o), r in entries:
-                probs = r.probs
-                if cfg.calibrate and priors.get(None):
-                    probs = calibrate(probs, priors[None])
-                dist[o] = probs
-            sa, sb = expected_score(dist["A"], cands), expected_score(dist["B"], cands)
-            p_a = p_greater(dist["A"], dist["B"])
-            p_ab = p_ba = None
-            consistent, pos = None, None
-            extra = {"score_a": sa, "score_b": sb}
-        else:
-            per_principle: dict[int, dict[str, float]] = {}
-            for (i, pi, o), r in entries:
-                probs = r.probs
-                if cfg.calibrate and priors.get(p.principles[pi][1]):
-                    probs = calibrate(probs, priors[p.principles[pi][1]])
-                pa = probs[0] if o == "AB" else probs[1]  # P(A better) in this order
-                if cfg.cot and cfg.cot_clamp:
-                    pa = min(max(pa, cfg.cot_clamp[0]), cfg.cot_clamp[1])
-                per_principle.setdefault(pi, {})[o] = pa
-                if r.raw:
-                    raw_texts.append(f"{o}:{r.raw}")
-            ab = [d["AB"] for d in per_principle.values() if "AB" in d]
-            ba = [d["BA"] for d in per_principle.values() if "BA" in d]
-            p_ab = sum(ab) / len(ab) if ab else None
-            p_ba = sum(ba) / len(ba) if ba else None
-            present = [v for v in (p_ab, p_ba) if v is not None]
-            p_a = sum(present) / len(present)
-            if p_ab is not None and p_ba is not None:
-                pos = position_preferred(p_ab, p_ba)
-                consistent = pos is None
-            else:
-                consistent, pos = None, None
-            extra = {"score_a": None, "score_b": None}
-        p_a = apply_temperature(p_a, cfg.temperature)
+        for (i, pi, o), r in entries:
+            probs = r.probs
+            prior = priors.get(None if cfg.method == "pointwise" else p.principles[pi][1])
+            if cfg.calibrate and prior:
+                probs = calibrate(probs, prior)
+            option_probs.append({"order": o, "principle_id": p.principles[pi][0], "probs": list(probs)})
+            if r.raw and cfg.method == "pairwise":
+                raw_texts.append(f"{o}:{r.raw}")
         rationale = None
         if cfg.cot:
             rationale = "\n---\n".join(f"[{o}{'' if p.principles[pi][0] is None else ' ' + p.principles[pi][0]}] {rationales[(i, pi, o)]}" for (i, pi, o), _ in entries)
@@ -225,17 +205,11 @@ class Labeler:
             "response_a": p.pair["response_a"],
             "response_b": p.pair["response_b"],
             "mode": self._mode,
-            "p_ab": p_ab,
-            "p_ba": p_ba,
-            "p_a": p_a,
-            "hard_label": hard_label(p_a, cfg.tie_margin),
-            "confidence": abs(p_a - 0.5) * 2,
-            "consistent": consistent,
-            "position_preferred": pos,
+            "option_probs": option_probs,
+            "candidates": list(tpl.candidates),
             "orders": p.orders,
             "principle_ids": [pid for pid, _ in p.principles if pid is not None],
             "rationale": rationale,
-            **extra,
             "prob_source": "parsed" if "parsed" in sources else "logprobs",
             "retries": sum(r.retries for _, r in entries),
             "injection_flags": pair_flags(p.pair["response_a"], p.pair["response_b"]),
@@ -249,6 +223,13 @@ class Labeler:
             "constitution_version": constitution_version,
             "seed": cfg.seed,
         }
+
+    def _derived(self, row: dict) -> dict:
+        """The row plus its derived columns under this labeler's settings, for direct callers.
+
+        The run store keeps only the LABEL_OUTPUTS columns and derives these again when read.
+        """
+        return {**row, **derive(row, self._derivation)}
 
     def mode_name(self) -> str:
         c = self.cfg

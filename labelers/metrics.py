@@ -8,6 +8,8 @@ from __future__ import annotations
 import math
 import random
 
+from aifeedback.preference import position_preferred
+
 
 def accuracy(pred: list[str], gold: list[str]) -> float:
     """Share of items where the prediction equals the gold label."""
@@ -56,9 +58,10 @@ def position_stats(rows: list[dict]) -> dict:
     both = [r for r in rows if r.get("p_ab") is not None and r.get("p_ba") is not None]
     if not both:
         return {"n_both_orders": 0}
-    consistent = sum((r["p_ab"] > 0.5) == (r["p_ba"] > 0.5) for r in both)
-    first = sum((r["p_ab"] > 0.5) and not (r["p_ba"] > 0.5) for r in both)
-    second = sum((r["p_ba"] > 0.5) and not (r["p_ab"] > 0.5) for r in both)
+    pos = [position_preferred(r["p_ab"], r["p_ba"]) for r in both]  # the one definition (aifeedback/preference.py)
+    consistent = sum(p is None for p in pos)
+    first = sum(p == "first" for p in pos)
+    second = sum(p == "second" for p in pos)
     # first-position preference: share of single orders in which response 1 won
     wins_first = sum((r["p_ab"] > 0.5) + (r["p_ba"] <= 0.5) for r in both)
     return {

@@ -4,10 +4,7 @@ from __future__ import annotations
 
 import math
 
-
-def expected_score(probs: list[float], candidates: list[str]) -> float:
-    """sum_i i * P(i) over numeric candidates ("1".."10")."""
-    return sum(float(c) * p for c, p in zip(candidates, probs))
+from aifeedback.preference import apply_temperature, expected_score, hard_label, p_greater, position_preferred, winner  # noqa: F401 - the one definition
 
 
 def normalised_reward(score: float, lo: float = 1.0, hi: float = 10.0) -> float:
@@ -15,48 +12,11 @@ def normalised_reward(score: float, lo: float = 1.0, hi: float = 10.0) -> float:
     return 2.0 * (score - lo) / (hi - lo) - 1.0
 
 
-def p_greater(pa: list[float], pb: list[float]) -> float:
-    """P(S_A > S_B) + 0.5 P(S_A = S_B) for independent score distributions over the same ordered scale."""
-    total = 0.0
-    cum_b = 0.0
-    for i in range(len(pa)):
-        total += pa[i] * (cum_b + 0.5 * pb[i])
-        cum_b += pb[i]
-    return total
-
-
 def calibrate(probs: list[float], prior: list[float]) -> list[float]:
     """Contextual calibration: divide by the content-free prior and renormalise."""
     w = [p / max(q, 1e-12) for p, q in zip(probs, prior)]
     s = sum(w)
     return [x / s for x in w] if s > 0 else probs
-
-
-def apply_temperature(p: float, temperature: float) -> float:
-    """Scale the log-odds of a probability by 1/temperature."""
-    if temperature == 1.0:
-        return p
-    p = min(max(p, 1e-9), 1 - 1e-9)
-    z = math.log(p / (1 - p)) / temperature
-    return 1 / (1 + math.exp(-z))
-
-
-def hard_label(p_a: float, tie_margin: float) -> str:
-    if abs(p_a - 0.5) < tie_margin:
-        return "tie"
-    return "A" if p_a > 0.5 else "B"
-
-
-def position_preferred(p_ab: float, p_ba: float) -> str | None:
-    """When the two orders disagree, which position won both times (None when consistent).
-
-    p_ab: P(A better) with A shown first; p_ba: P(A better) with A shown second.
-    """
-    a_first_wins = p_ab > 0.5
-    a_second_wins = p_ba > 0.5
-    if a_first_wins == a_second_wins:
-        return None
-    return "first" if a_first_wins and not a_second_wins else "second"
 
 
 def bradley_terry(n_items: int, wins: list[tuple[int, int, float]], iters: int = 200, tol: float = 1e-9) -> list[float]:

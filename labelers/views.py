@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from aifeedback.preference import trl_pair
+
 from .scores import bradley_terry, normalised_reward
 
 
@@ -40,8 +42,7 @@ def binary_view(label_rows: list[dict], threshold: float = 0.0, min_confidence: 
             for side in ("a", "b"):
                 reward = normalised_reward(r[f"score_{side}"])
                 out.append({**base, "completion": [{"role": "assistant", "content": r[f"response_{side}"]}], "label": reward >= threshold, "reward": reward})
-        elif r["hard_label"] in ("A", "B") and r["confidence"] >= min_confidence:
-            win, lose = ("a", "b") if r["hard_label"] == "A" else ("b", "a")
-            out.append({**base, "completion": [{"role": "assistant", "content": r[f"response_{win}"]}], "label": True, "reward": None})
-            out.append({**base, "completion": [{"role": "assistant", "content": r[f"response_{lose}"]}], "label": False, "reward": None})
+        elif (pair := trl_pair(r)) is not None and r["confidence"] >= min_confidence:
+            out.append({**base, "completion": pair["chosen"], "label": True, "reward": None})
+            out.append({**base, "completion": pair["rejected"], "label": False, "reward": None})
     return out

@@ -36,7 +36,7 @@ def test_generic_and_malformed_human_files(tmp_path):
         generic_items(good, "pair_id", "winner")
     bad = tmp_path / "j.json"
     bad.write_text(json.dumps([{"idx": "0", "verdict": "1"}]))
-    with pytest.raises(InputError, match="--judge-label-column"):
+    with pytest.raises(InputError, match="Put the verdicts in a column named label"):
         judge_from_file("j", str(bad), label_column="missing")
 
 

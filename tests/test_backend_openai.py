@@ -37,16 +37,20 @@ def test_choice_probs_against_real_server(llama_server):
     assert any(lp is not None for lp in r.logprobs)
 
 
+def _echo_prompt(digit: str) -> ScoringPrompt:
+    """A chat whose greedy answer is the digit: the tiny model copies the two answers before it."""
+    turn = {"role": "user", "content": f"Reply with the digit {digit}."}
+    return ScoringPrompt([turn, {"role": "assistant", "content": digit}, turn, {"role": "assistant", "content": digit}, turn])
+
+
 def test_fallback_to_parsed_verdict_without_logprobs(llama_server):
     b = _backend(llama_server.base_url, top_logprobs=0)
     assert not b.capabilities.logprobs
-    prompt = ScoringPrompt([{"role": "user", "content": "Reply with exactly the digit 2 and nothing else."}])
-    (r,) = b.choice_probs([prompt], ["1", "2"])
-    assert r.source in ("parsed", "error")
-    if r.source == "parsed":
-        assert sorted(r.probs) == [0.0, 1.0]
-    else:
-        assert r.raw is not None and r.error
+    r1, r2 = b.choice_probs([_echo_prompt("1"), _echo_prompt("2")], ["1", "2"])  # greedy: scoring always sends temperature 0
+    for r, want in ((r1, [1.0, 0.0]), (r2, [0.0, 1.0])):
+        assert r.source == "parsed", (r.source, r.error, r.raw)
+        assert r.probs == want and r.raw is not None and r.raw.strip().startswith(str(want.index(1.0) + 1))
+        assert r.logprobs == [None, None] and r.error is None  # a hard verdict read from the text, not log-probs
 
 
 def test_server_killed_mid_run_gives_clear_error(tmp_path):

@@ -293,11 +293,11 @@ def test_judge_files_and_zero_overlap(tmp_path):
 
     with pytest.raises(InputError, match="not valid JSON"):
         judge_from_file("j", _write(tmp_path, "j.json", "[{"))
-    with pytest.raises(InputError, match="none of its 2 verdicts in column 'x_result' is readable.*--judge-label-column"):
+    with pytest.raises(InputError, match="none of its 2 verdicts in column 'x_result' is readable.*Put the verdicts in a column named label"):
         judge_from_file("j", _write(tmp_path, "j2.json", json.dumps([{"idx": 0, "x_result": "maybe"}, {"idx": 1, "x_result": "?"}])))
     j = judge_from_file("j", _write(tmp_path, "j3.json", json.dumps([{"idx": 0, "x_result": "1"}, "junk", {"idx": 2, "x_result": "?"}])))
     assert j.verdicts == {"pandalm-0": "A"} and j.unreadable == 2  # 3 rows = 1 verdict + 2 unreadable, counted
-    with pytest.raises(InputError, match="shares no pair ids.*Label the same pairs, or pass --judge-id-prefix"):
+    with pytest.raises(InputError, match="shares no pair ids.*Label the same pairs"):
         evaluate(Judge("j", {"x1": "A", "x2": "B"}), {"p1": {"human": "A"}, "p2": {"human": "B"}})
 
 
@@ -324,10 +324,10 @@ CONFIG_CASES = [
     ("wrong-type", GenerateConfig, ["sampling.n=two"], ["sampling.n", "valid integer", "got 'two'"]),
     ("not-yaml-value-is-validated-as-text", GenerateConfig, ["sampling.n=[1"], ["sampling.n", "got '[1'"]),
     ("bad-backend-kind", GenerateConfig, ["backend.kind=pytorch"], ["transformers, openai, vllm or module:Class", "'pytorch'"]),
-    ("bad-base-url", GenerateConfig, ["backend.base_url=localhost:8000"], ["must start with http:// or https://"]),
+    ("bad-base-url", GenerateConfig, ["backend.kind=openai", "backend.base_url=localhost:8000"], ["must start with http:// or https://"]),
     ("section-given-a-scalar", GenerateConfig, ["sampling=2"], ["sampling", "valid dictionary"]),
     ("cot-clamp-reversed", LabelConfig, ["cot_clamp=[0.6, 0.4]"], ["0 <= lo <= hi <= 1", "[0.6, 0.4]"]),
-    ("top-logprobs-too-high", LabelConfig, ["backend.top_logprobs=50"], ["backend.top_logprobs", "less than or equal to 20"]),
+    ("top-logprobs-too-high", LabelConfig, ["backend.kind=openai", "backend.top_logprobs=50"], ["backend.top_logprobs", "less than or equal to 20"]),
     ("label-temperature-zero", LabelConfig, ["temperature=0"], ["temperature", "greater than 0"]),
 ]
 

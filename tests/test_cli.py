@@ -41,3 +41,12 @@ def test_constitution_commands():
     assert run("constitution", "validate", "harmless").returncode == 0
     out = run("constitution", "show", "helpful-honest")
     assert out.returncode == 0 and "hc-more-helpful" in out.stdout
+
+
+def test_a_config_typo_in_a_trainer_is_one_line_with_exit_2(tmp_path):
+    """Trainer commands build their config like the stages: a typo in --set is one error line, no traceback, and nothing runs."""
+    out = run("train-rm", "--run-dir", str(tmp_path / "r"), "--out", str(tmp_path / "rm"), "--set", "epoks=2")
+    assert out.returncode == 2, out.stdout + out.stderr
+    assert out.stdout.strip().splitlines() == [out.stdout.strip()] and out.stdout.startswith("error: invalid RewardConfig")
+    assert "unknown key 'epoks'" in out.stdout and "'epochs'" in out.stdout
+    assert "Traceback" not in out.stdout + out.stderr and not list(tmp_path.iterdir())

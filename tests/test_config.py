@@ -33,7 +33,7 @@ def test_yaml_then_flags(tmp_path):
         ("sampling.max_new_tokens=0", "max_new_tokens"),
         ("sampling.n=nope", "sampling.n"),
         ("backend.kind=tgi", "backend.kind"),
-        ("backend.base_url=localhost:8000", "base_url must start with http"),
+        ("backend.base_url=localhost:8000", "'backend.base_url' is a setting of the openai backend"),
     ],
 )
 def test_invalid_values_say_what_was_expected(override, match):
@@ -56,7 +56,17 @@ def test_missing_and_non_mapping_files(tmp_path):
 
 
 def test_backend_identity_is_what_changes_outputs():
-    a = BackendConfig(max_concurrency=2).identity()
-    b = BackendConfig(max_concurrency=64).identity()
+    a = BackendConfig(kind="openai", max_concurrency=2).identity()
+    b = BackendConfig(kind="openai", max_concurrency=64).identity()
     assert a == b
-    assert BackendConfig(model="x").identity() != a
+    assert BackendConfig(kind="openai", model="x").identity() != a
+    assert BackendConfig(kind="openai", top_logprobs=5).identity() != a  # tests/test_config_backends.py checks every setting
+
+
+def test_one_problem_is_one_line():
+    with pytest.raises(ConfigError) as err:
+        build_config(GenerateConfig, None, parse_overrides(["sampling.temprature=0.2"]))
+    assert "\n" not in str(err.value) and str(err.value).startswith("invalid GenerateConfig from defaults + flags: unknown key 'sampling.temprature'")
+    with pytest.raises(ConfigError) as err:
+        build_config(GenerateConfig, None, parse_overrides(["sampling.temprature=0.2", "limit=0"]))
+    assert len(str(err.value).splitlines()) == 3

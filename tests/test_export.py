@@ -50,6 +50,42 @@ def runs(tmp_path_factory):
     return {"main": main, "pointwise": pw, "base": base}
 
 
+@pytest.fixture(scope="module")
+def mixed_run(runs, tmp_path_factory):
+    """The main run, except that on every other labelled pair the labeler agreed with itself.
+
+    The embedded 135M labeler prefers the first-shown response on every pair of PAIRS (in both
+    orders), so its run holds no consistent pair and `consistent_only` would have nothing to keep.
+    Here the stored option probabilities of the (B, A) order are mirrored on p1, p3, p5, p7
+    (the real model outputs of the other slot), so the run has consistent and inconsistent
+    pairs; every derived column (p_a, hard label, confidence, consistency) is then computed
+    by the store as for any run.
+    """
+    import shutil
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    dest = tmp_path_factory.mktemp("mixed") / "run"
+    shutil.copytree(runs["main"], dest)
+    flip = {"p1", "p3", "p5", "p7"}
+    store = RunStore(dest)
+    flipped = 0
+    for key in store.keys("labels"):
+        path = store.shard_path("labels", key)
+        table = pq.read_table(path)
+        rows = table.to_pylist()
+        for r in rows:
+            if r["pair_id"] in flip:
+                for e in r["option_probs"]:
+                    if e["order"] == "BA":
+                        e["probs"] = e["probs"][::-1]
+                        flipped += 1
+        pq.write_table(pa.Table.from_pylist(rows, schema=table.schema), path)
+    assert flipped == len(flip)
+    return dest
+
+
 def _rows(run: Path, stage: str) -> list[dict] | None:
     return RunStore(run).read_table(stage).to_pylist() if (run / stage / "_manifest.json").is_file() else None
 
@@ -86,6 +122,8 @@ def test_every_config_round_trips_with_provenance(runs, tmp_path):
 
     main = tmp_path / "main"
     prefs = [r for s in ("train", "test") for r in datasets.load_dataset(str(main), "preferences", cache_dir=str(tmp_path / "hf-cache")).get(s, [])]
+    decided = [r for r in _rows(runs["main"], "labels") if r["hard_label"] != "tie"]
+    assert len(prefs) == len(decided) > 0  # no filters: every decided pair is exported, and the loop below checks each
     labels_manifest = json.loads((runs["main"] / "labels" / "_manifest.json").read_text())
     for r in prefs:  # provenance on every row
         assert r["labeler_model"] == labels_manifest["model"] and r["template_version"] == labels_manifest["template_version"]
@@ -111,28 +149,33 @@ def test_every_config_round_trips_with_provenance(runs, tmp_path):
     assert prov["constitutions"][0]["used_by"] == ["revisions", "labels"]
 
 
-def test_filters_remove_what_they_should_and_counts_add_up(runs, tmp_path):
+def test_filters_remove_what_they_should_and_counts_add_up(mixed_run, tmp_path):
     from flows.export import export_run
 
-    labels = _rows(runs["main"], "labels")
+    labels = _rows(mixed_run, "labels")
     ties = {r["pair_id"] for r in labels if r["hard_label"] == "tie"}
     decided = [r for r in labels if r["pair_id"] not in ties]
-    assert len(decided) >= 2, "the fixture needs decided pairs to test the filters"
+    consistent = [r for r in decided if r["consistent"] is True]
+    assert len(decided) >= 4 and 0 < len(consistent) < len(decided), "the fixture needs decided pairs, consistent and not"
     threshold = statistics.median(r["confidence"] for r in decided)
+    assert any(r["confidence"] >= threshold for r in consistent), "consistent_only needs a consistent pair above the threshold"
     by_id = {r["pair_id"]: r for r in labels}
     for consistent_only in (False, True):
-        summary = export_run(str(runs["main"]), str(tmp_path / f"c{consistent_only}"), min_confidence=threshold, consistent_only=consistent_only)
+        summary = export_run(str(mixed_run), str(tmp_path / f"c{consistent_only}"), min_confidence=threshold, consistent_only=consistent_only)
         c = summary["counts"]["preferences"]
         assert c["label_rows"] == len(labels) == c["exported"] + c["ties"] + c["inconsistent"] + c["below_min_confidence"] + c["suspected_injection"]
         assert c["ties"] == len(ties)
         kept = [r for r in decided if r["consistent"] is True or not consistent_only]
         assert c["inconsistent"] == len(decided) - len(kept)
         assert c["below_min_confidence"] == sum(1 for r in kept if r["confidence"] < threshold)
-        assert consistent_only or c["below_min_confidence"] > 0  # the median of the decided pairs leaves some below it
+        if consistent_only:  # both sides of the filter are exercised: some pairs dropped, some kept
+            assert c["inconsistent"] == len(decided) - len(consistent) > 0
+            assert c["exported"] == sum(1 for r in consistent if r["confidence"] >= threshold) > 0
+        else:
+            assert c["inconsistent"] == 0 and c["below_min_confidence"] > 0  # the median of the decided pairs leaves some below it
+            assert c["exported"] == sum(1 for r in decided if r["confidence"] >= threshold) > 0
         assert summary["counts"]["sft"]["revision_rows"] == summary["counts"]["sft"]["exported"] + summary["counts"]["sft"]["not_revised"] + summary["counts"]["sft"]["degenerate"]
-        if c["exported"] == 0:  # e.g. the small labeler is inconsistent on every pair: the config is left out, and said so
-            assert "preferences" not in summary["rows"] and any(n.startswith("preferences: no rows left") for n in summary["notes"])
-            continue
+        assert sum(summary["rows"]["preferences"].values()) == c["exported"]
         rows = build_tables(labels, None, ExportOptions(min_confidence=threshold, consistent_only=consistent_only)).tables["preferences"]
         exported = [r for t in rows.values() for r in t.to_pylist()]
         assert len(exported) == c["exported"] and not ties & {r["pair_id"] for r in exported}

@@ -1,5 +1,3 @@
-import time
-
 import pytest
 
 from aifeedback.errors import ModelNotFound
@@ -13,12 +11,11 @@ def test_embedded_models_resolve_offline():
     assert (rm.path / "config.json").is_file()
 
 
-def test_unknown_hub_id_fails_fast_with_the_fix(monkeypatch):
+def test_unknown_hub_id_is_an_error_with_the_fix(monkeypatch):
+    """No download attempt without AIFEEDBACK_ALLOW_DOWNLOAD; how long it takes is measured by bench/model_load.py."""
     monkeypatch.delenv("AIFEEDBACK_ALLOW_DOWNLOAD", raising=False)
-    t0 = time.time()
-    with pytest.raises(ModelNotFound, match="AIFEEDBACK_ALLOW_DOWNLOAD=1|local folder"):
+    with pytest.raises(ModelNotFound, match=r"downloads are off.*set AIFEEDBACK_ALLOW_DOWNLOAD=1"):
         resolve("some-org/not-a-cached-model")
-    assert time.time() - t0 < 10
 
 
 def test_bad_paths_and_names():

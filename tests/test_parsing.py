@@ -50,12 +50,12 @@ def test_read_choice_falls_back_to_parsed_text():
 
 def test_read_choice_unparseable_keeps_raw():
     r = OpenAIBackend._read_choice(_reply("I cannot decide"), ["1", "2"], 0)
-    assert r.source == "error" and r.probs is None and r.raw == "I cannot decide"
+    assert r.source == "unparseable" and r.probs is None and r.raw == "I cannot decide"
 
 
 def test_read_choice_bad_shape():
     r = OpenAIBackend._read_choice({"nope": 1}, ["1", "2"], 0)
-    assert r.source == "error" and "shape" in r.error
+    assert r.source == "unparseable" and "shape" in r.error
 
 
 def test_derive_seed_is_stable_and_distinct():

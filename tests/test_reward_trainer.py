@@ -28,9 +28,9 @@ def _tiny():
     return BertForSequenceClassification(cfg), tok
 
 
-def _rows(n=32):
+def _rows(n=32, start=0):
     rows = []
-    for i in range(n):
+    for i in range(start, start + n):
         good, bad = f"Sure, here is a kind and correct answer number {i}.", f"No. Go away {i}."
         a_good = i % 2 == 0
         rows.append(
@@ -53,10 +53,13 @@ def test_loss_goes_down_and_parameters_change(labels, tmp_path):
     model, tok = _tiny()
     before = [p.detach().clone() for p in model.parameters()]
     tr = RewardTrainer(RewardConfig(labels=labels, epochs=6, lr=1e-3, batch_size=8, max_length=32), model, tok)
-    res = tr.train(_rows(), eval_rows=_rows(8))
+    train, held_out = _rows(), _rows(8, start=1000)  # held-out pairs: new questions and responses, never trained on
+    seen = {(r["messages"][0]["content"], r["response_a"], r["response_b"]) for r in train}
+    assert not seen & {(r["messages"][0]["content"], r["response_a"], r["response_b"]) for r in held_out}
+    res = tr.train(train, eval_rows=held_out)
     assert sum(res.losses[-4:]) / 4 < sum(res.losses[:4]) / 4
     assert any(not torch.equal(a, b) for a, b in zip(before, model.parameters()))
-    assert res.eval_accuracy is not None and res.eval_accuracy >= 0.75
+    assert res.n_eval == 8 and res.eval_accuracy is not None and res.eval_accuracy >= 0.75
     out = tr.save(tmp_path / "rm", res, {"labels_from": "test"})
     assert (out / "config.json").is_file() and "held-out human-label accuracy" in (out / "README.md").read_text()
 

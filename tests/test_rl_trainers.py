@@ -23,17 +23,45 @@ def _tiny_llama(tmp_path=None):
     return model, tok
 
 
-def test_grpo_steps_change_the_policy(tmp_path):
+def _saved_reward_model(out_dir):
+    """A tiny reward model (BERT from a config), a few steps on good-vs-bad pairs, saved as `aifeedback train-rm` saves it."""
+    from test_reward_trainer import _rows, _tiny
+
+    from trainers.reward_config import RewardConfig
+    from trainers.reward_trainer import RewardTrainer
+
+    model, tok = _tiny()
+    trainer = RewardTrainer(RewardConfig(epochs=2, lr=1e-3, batch_size=8, max_length=64), model, tok)
+    return trainer.save(out_dir, trainer.train(_rows(16)))
+
+
+def test_grpo_steps_change_the_policy_with_the_reward_model_as_reward(tmp_path):
+    """--reward rm: train_grpo builds rm_reward from the saved folder itself, and TRL scores every completion with it."""
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    from trainers.reward_trainer import prompt_text
+
+    rm_dir = _saved_reward_model(tmp_path / "rm")
     model, tok = _tiny_llama(tmp_path)
     before = [p.detach().clone() for p in model.parameters()]
-
-    def reward(prompts, completions, **kw):  # prefers short completions: a plain reward function
-        return [-len(c[-1]["content"]) / 10 for c in completions]
-
     prompts = [[{"role": "user", "content": f"Say something short {i}."}] for i in range(4)]
-    out = train_grpo(RLConfig(max_steps=2, max_completion_length=8, lr=1e-3, batch_size=2), prompts, str(tmp_path), reward_fn=reward, model=model, tokenizer=tok)
+    cfg = RLConfig(reward="rm", reward_model=str(rm_dir), max_steps=2, max_completion_length=8, lr=1e-3, batch_size=2)
+    out = train_grpo(cfg, prompts, str(tmp_path / "grpo"), model=model, tokenizer=tok)
     assert out["steps"] == 2 and len(out["reward_curve"]) == 2
     assert any(not torch.equal(a, b) for a, b in zip(before, model.parameters()))
+    trainer = out["trainer"]
+    assert [f.__name__ for f in trainer.reward_funcs] == ["reward_model"]
+    # the rewards TRL recorded for the last step's completions are the reward model's own scores
+    logged = trainer._logs  # TRL keeps the last generation batch: prompts, completions and each reward function's values
+    seen, rewards = list(logged["completion"]), list(logged["rewards"]["reward_model"])
+    assert len(seen) == len(rewards) == cfg.batch_size * cfg.num_generations
+    rm_tok = AutoTokenizer.from_pretrained(rm_dir)
+    rm = AutoModelForSequenceClassification.from_pretrained(rm_dir).eval()
+    texts = [c[-1]["content"] if isinstance(c, list) else c for c in seen]
+    enc = rm_tok([prompt_text(p) for p in logged["prompt"]], texts, truncation="longest_first", max_length=256, padding=True, return_tensors="pt")
+    with torch.no_grad():
+        own = rm(**enc).logits.squeeze(-1).tolist()
+    assert rewards == pytest.approx(own, abs=1e-4)
 
 
 def test_dpo_loss_goes_down_and_soft_labels_smooth(tmp_path):

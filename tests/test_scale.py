@@ -1,4 +1,4 @@
-"""Scale-out: the label flow sharded over a local 2-worker Ray cluster gives exactly the thread runner's labels."""
+"""Scale-out: the label flow sharded over a local 2-worker Ray cluster gives exactly the sequential and thread runners' labels."""
 
 import json
 
@@ -16,25 +16,38 @@ PAIRS = [
 ]
 
 
-def test_ray_shards_give_the_thread_runners_labels(tmp_path):
+def test_ray_shards_give_the_sequential_and_thread_runners_labels(tmp_path):
+    pytest.importorskip("ray", reason="the ray extra: pip install 'aifeedback[ray]'")
     pytest.importorskip("prefect_ray", reason="the ray extra: pip install 'aifeedback[ray]'")
+    import torch
+
     from flows.label import label_flow
 
     src = tmp_path / "pairs.jsonl"
     src.write_text("".join(json.dumps(p) + "\n" for p in PAIRS))
     ov = {"input": str(src), "batch_size": 2, "backend": {"num_threads": 1}}  # one thread each: bitwise-equal arithmetic
-    threads = label_flow(run_dir=str(tmp_path / "threads"), overrides=ov, runner="threads", workers=2)
-    ray = label_flow(run_dir=str(tmp_path / "ray"), overrides=ov, runner="ray", workers=2)
-    for s in (threads, ray):
+    threads_before = torch.get_num_threads()
+    try:
+        runs = {
+            "sequential": label_flow(run_dir=str(tmp_path / "sequential"), overrides=ov),  # the default runner
+            "threads": label_flow(run_dir=str(tmp_path / "threads"), overrides=ov, runner="threads", workers=2),
+            "ray": label_flow(run_dir=str(tmp_path / "ray"), overrides=ov, runner="ray", workers=2),
+        }
+    finally:
+        torch.set_num_threads(threads_before)  # the in-process backend set one thread for this whole process
+    for s in runs.values():
         assert s["complete"] and s["n_in"] == 6 and s["n_out"] == 5 and s["n_excluded"] == 1
         assert s["batches"] == 3 and s["batches_computed"] == 3
-    assert threads["worker_processes"] == 1
-    assert ray["worker_processes"] >= 2  # the shards really ran in Ray worker processes
-    a, b = RunStore(tmp_path / "threads"), RunStore(tmp_path / "ray")
-    assert a.keys("labels") == b.keys("labels")
-    for key in b.keys("labels"):  # every shard written by its own worker
-        assert b.shard_path("labels", key).is_file()
-    rows_a = sorted(a.read_table("labels").to_pylist(), key=lambda r: r["pair_id"])
-    rows_b = sorted(b.read_table("labels").to_pylist(), key=lambda r: r["pair_id"])
-    assert rows_a == rows_b  # identical values, p_ab and p_ba included
-    assert a.read_table("labels", excluded=True).to_pylist() == b.read_table("labels", excluded=True).to_pylist()
+    assert runs["sequential"]["worker_processes"] == runs["threads"]["worker_processes"] == 1
+    assert runs["ray"]["worker_processes"] >= 2  # the shards really ran in Ray worker processes
+    stores = {name: RunStore(tmp_path / name) for name in runs}
+    ray = stores["ray"]
+    for key in ray.keys("labels"):  # every shard written by its own worker
+        assert ray.shard_path("labels", key).is_file()
+    rows = {name: sorted(st.read_table("labels").to_pylist(), key=lambda r: r["pair_id"]) for name, st in stores.items()}
+    assert len(rows["sequential"]) == 5 and all(0 <= r["p_ab"] <= 1 and 0 <= r["p_ba"] <= 1 for r in rows["sequential"])
+    for name in ("threads", "ray"):
+        assert stores[name].keys("labels") == stores["sequential"].keys("labels"), name
+        assert rows[name] == rows["sequential"], name  # identical values, p_ab and p_ba included
+        assert [(r["pair_id"], r["p_ab"], r["p_ba"]) for r in rows[name]] == [(r["pair_id"], r["p_ab"], r["p_ba"]) for r in rows["sequential"]]
+        assert stores[name].read_table("labels", excluded=True).to_pylist() == stores["sequential"].read_table("labels", excluded=True).to_pylist(), name

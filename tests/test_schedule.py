@@ -130,12 +130,47 @@ def test_schedule_parameters_fit_every_flow(tmp_path):
         "demo": {"n_prompts": 2},
         "export": {"options": {"min_confidence": 0.2}},
         "agreement": {"human": "h.jsonl", "human_format": "generic", "runs": [f"ai={tmp_path}"]},
+        "train-rm": {"out_dir": "models/rm", "overrides": {"labels": "hard"}},
+        "train-rl": {"out_dir": "models/rl"},
+        "train-dpo": {"out_dir": "models/dpo", "preferences": "p.parquet"},
     }
     assert set(sets) == set(FLOWS)
     for name, s in sets.items():
         params = flow_parameters(name, str(tmp_path), None, s)
         assert params  # validated against the flow's signature inside
+    assert flow_parameters("train-rm", str(tmp_path), None, sets["train-rm"])["run_dir"] == str(tmp_path)
+    assert "run_dir" not in flow_parameters("train-dpo", str(tmp_path), None, sets["train-dpo"])  # optional: not filled in
+    assert flow_parameters("train-rm", str(tmp_path), "rm.yaml", sets["train-rm"])["config_path"] == os.path.abspath("rm.yaml")  # --config reaches its config_path
     with pytest.raises(ConfigError, match="accepts: human"):
         flow_parameters("agreement", str(tmp_path), None, {"overrides": {}})
-    with pytest.raises(ConfigError, match="--config applies to the stage flows"):
+    with pytest.raises(ConfigError, match="--config applies only to flows that read a config file"):
         flow_parameters("export", str(tmp_path), "x.yaml", {})
+
+
+def test_the_flow_registry_readme_and_prefect_yaml_agree():
+    """FLOWS (flows/schedule.py) is the one list: each entry is the flow of that name, every prefect.yaml deployment
+    runs one of them, the README names every deployment and lists exactly these flows, and the CLI help lists them."""
+    import importlib
+    import re
+
+    import yaml
+    from typer.main import get_command
+
+    from flows.cli import app
+    from flows.schedule import FLOWS
+
+    for name, entrypoint in FLOWS.items():
+        module, _, attr = entrypoint.partition(":")
+        assert getattr(importlib.import_module(module), attr).name == name  # `aifeedback runs --flow NAME` filters by it
+    spec = yaml.safe_load((REPO / "prefect.yaml").read_text())
+    readme = (REPO / "README.md").read_text()
+    for dep in spec["deployments"]:
+        assert dep["entrypoint"] in FLOWS.values(), f"deployment {dep['name']} runs {dep['entrypoint']}, not a flow in FLOWS"
+        assert dep["name"] in readme, f"README does not name the deployment {dep['name']}"
+    listed = re.search(r"Flows \(`aifeedback schedule FLOW`.*?\): (.*?)\. ", readme, re.S)
+    assert listed, "README lost its list of flows"
+    assert re.findall(r"`([\w-]+)`", listed.group(1)) == list(FLOWS)
+    commands = get_command(app).commands
+    for command, param in (("schedule", "flow"), ("runs", "flow")):
+        help_text = next(p.help for p in commands[command].params if p.name == param)
+        assert all(name in help_text for name in FLOWS), help_text

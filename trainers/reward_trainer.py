@@ -14,6 +14,9 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from aifeedback.errors import InputError
+from aifeedback.preference import winner
+
 from .reward_config import RewardConfig
 
 
@@ -34,6 +37,11 @@ def prompt_text(messages: list[dict]) -> str:
     return "\n".join(f"{m['role']}: {m['content']}" for m in messages if m["role"] != "system")
 
 
+def winner_of(row: dict) -> str:
+    """The row's hard label (aifeedback.preference.winner, as export and DPO see it)."""
+    return row.get("hard_label") or winner(row["p_a"], 0.0)
+
+
 def select_pairs(rows: list[dict], cfg: RewardConfig) -> tuple[list[dict], dict]:
     """Apply the confidence and consistency filters; hard mode drops ties. Returns (kept, counts)."""
     kept, dropped = [], {"low_confidence": 0, "inconsistent": 0, "tie": 0}
@@ -42,7 +50,7 @@ def select_pairs(rows: list[dict], cfg: RewardConfig) -> tuple[list[dict], dict]
             dropped["low_confidence"] += 1
         elif cfg.exclude_inconsistent and r.get("consistent") is False:
             dropped["inconsistent"] += 1
-        elif cfg.labels == "hard" and r["p_a"] == 0.5:
+        elif cfg.labels == "hard" and winner_of(r) == "tie":
             dropped["tie"] += 1
         else:
             kept.append(r)
@@ -86,7 +94,7 @@ class RewardTrainer:
         cfg = self.cfg
         kept, dropped = select_pairs(rows, cfg)
         if not kept:
-            raise ValueError(f"no training pairs left after filtering ({dropped}); lower min_confidence or keep inconsistent pairs")
+            raise InputError(f"no training pairs left after filtering ({dropped}); lower min_confidence or keep inconsistent pairs (--set exclude_inconsistent=false)")
         res = RewardResult(n_train=len(kept), dropped=dropped)
         opt = torch.optim.AdamW(self.model.parameters(), lr=cfg.lr)
         rng = random.Random(cfg.seed)
@@ -104,7 +112,7 @@ class RewardTrainer:
                 if cfg.labels == "soft":
                     loss = soft_bt_loss(r_a, r_b, torch.tensor([float(r["p_a"]) for r in batch]))
                 else:
-                    a_wins = torch.tensor([r["p_a"] > 0.5 for r in batch])  # hard label: the soft label's argmax
+                    a_wins = torch.tensor([winner_of(r) == "A" for r in batch])  # hard label: the one definition
                     loss = hard_bt_loss(torch.where(a_wins, r_a, r_b), torch.where(a_wins, r_b, r_a), cfg.margin)
                 opt.zero_grad()
                 loss.backward()

@@ -9,6 +9,9 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+from aifeedback.errors import ConfigError
+from aifeedback.preference import trl_pair
+
 from .rl_config import DPOTrainConfig, RLConfig
 
 
@@ -81,7 +84,7 @@ def train_grpo(cfg: RLConfig, prompts: list[list[dict]], out_dir: str, reward_fn
             reward_fn = direct_reward(cfg.labeler)
         else:
             if not cfg.reward_model:
-                raise ValueError("--reward rm needs reward_model: the folder written by `aifeedback train-rm`")
+                raise ConfigError("--reward rm needs reward_model: the folder written by `aifeedback train-rm`")
             reward_fn = rm_reward(cfg.reward_model)
     if model is None:
         model, tokenizer = load_policy(cfg.policy)
@@ -104,12 +107,11 @@ def dpo_dataset(label_rows: list[dict], cfg: DPOTrainConfig) -> tuple[list[dict]
     """TRL conversational columns from label rows; returns (rows, label_smoothing)."""
     rows, flips = [], []
     for r in label_rows:
-        if r["p_a"] == 0.5 or (r.get("confidence") or 0) < cfg.min_confidence:
+        pair = trl_pair(r)  # None for a tie: the one definition (aifeedback/preference.py)
+        if pair is None or (r.get("confidence") or 0) < cfg.min_confidence:
             continue
-        win, lose = ("a", "b") if r["p_a"] > 0.5 else ("b", "a")  # the soft label's argmax
-        p_win = r["p_a"] if win == "a" else 1 - r["p_a"]
-        flips.append(1 - p_win)
-        rows.append({"prompt": r["messages"], "chosen": [{"role": "assistant", "content": r[f"response_{win}"]}], "rejected": [{"role": "assistant", "content": r[f"response_{lose}"]}]})
+        flips.append(1 - pair["p_chosen"])
+        rows.append({k: pair[k] for k in ("prompt", "chosen", "rejected")})
     smoothing = (sum(flips) / len(flips)) if (flips and cfg.soft_labels == "smoothing") else 0.0
     return rows, min(smoothing, 0.49)
 

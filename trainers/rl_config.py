@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from aifeedback.config import StrictModel
 from aifeedback.models import DEFAULT_LABELER, DEFAULT_POLICY
@@ -22,6 +22,12 @@ class RLConfig(StrictModel):
     max_steps: int = Field(4, ge=1, description="Optimiser steps.")
     lr: float = Field(1e-6, gt=0, description="Learning rate.")
     seed: int = Field(0, ge=0, description="Seed.")
+
+    @model_validator(mode="after")
+    def _reward_model_for_rm(self) -> RLConfig:
+        if self.reward == "rm" and not self.reward_model:
+            raise ValueError("reward rm needs reward_model: the folder written by `aifeedback train-rm` (--reward-model DIR)")
+        return self
 
 
 class DPOTrainConfig(StrictModel):

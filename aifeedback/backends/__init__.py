@@ -1,9 +1,16 @@
-"""Backends: one protocol (:mod:`.base`), three implementations, chosen by ``BackendConfig.kind``."""
+"""Backends: one protocol (:mod:`.base`), three implementations, chosen by ``BackendConfig.kind``.
+
+Each kind has its own config model (:mod:`aifeedback.config`); a backend class of
+your own (``kind: package.module:Class``) gets a ``PluginBackendConfig``: the common
+settings plus its free-form ``options``.
+"""
 
 from __future__ import annotations
 
 from ..config import BackendConfig
+from ..errors import ConfigError
 from .base import Backend, BackendStats, Capabilities, ChoiceResult, Completion, GenerationResult, ScoringPrompt
+
 
 def make_backend(cfg: BackendConfig) -> Backend:
     """Build the backend a config names. Pipelines use :func:`aifeedback.stage.cached_backend`, which keeps one per config."""
@@ -19,10 +26,8 @@ def make_backend(cfg: BackendConfig) -> Backend:
         from .vllm_engine import VLLMBackend
 
         return VLLMBackend(cfg)  # one engine per process: callers go through stage.cached_backend
-    if ":" in cfg.kind:  # a backend class of your own: "package.module:ClassName", built from the same config
+    if ":" in cfg.kind:  # a backend class of your own: "package.module:ClassName", built from its PluginBackendConfig
         import importlib
-
-        from ..errors import ConfigError
 
         module, _, attr = cfg.kind.partition(":")
         try:
@@ -37,7 +42,7 @@ def make_backend(cfg: BackendConfig) -> Backend:
         if not isinstance(backend, Backend):
             raise ConfigError(f"backend kind {cfg.kind!r} does not implement the backend protocol (aifeedback.backends.base.Backend)")
         return backend
-    raise ValueError(f"unknown backend kind {cfg.kind!r}; use transformers, openai, vllm or module:Class")
+    raise ConfigError(f"unknown backend kind {cfg.kind!r}; use transformers, openai, vllm or module:Class")
 
 
 __all__ = ["Backend", "BackendStats", "Capabilities", "ChoiceResult", "Completion", "GenerationResult", "ScoringPrompt", "make_backend"]

@@ -24,6 +24,33 @@ class Capabilities:
     in_process: bool  # runs in this process: do not fan out over threads
     token_counts_exact: bool  # prompt/completion token counts come from the model's tokenizer
     max_context: int | None = None
+    tokenizer: bool = False  # ``backend.tokenizer`` can count and cut text exactly (else lengths are approximate)
+
+
+class Tokenizer(Protocol):
+    """The model's own tokenizer, for exact lengths and truncation (``Backend.tokenizer``)."""
+
+    def encode(self, text: str) -> list[int]: ...
+    def decode(self, ids: list[int]) -> str: ...
+    def count_chat(self, messages: Chat) -> int: ...  # tokens of the rendered chat, generation prompt included
+
+
+class ChatTokenizer:
+    """A :class:`Tokenizer` over a Hugging Face tokenizer and a chat renderer."""
+
+    __slots__ = ("tok", "render")
+
+    def __init__(self, tok, render):
+        self.tok, self.render = tok, render
+
+    def encode(self, text: str) -> list[int]:
+        return self.tok(text, add_special_tokens=False)["input_ids"]
+
+    def decode(self, ids: list[int]) -> str:
+        return self.tok.decode(ids)
+
+    def count_chat(self, messages: Chat) -> int:
+        return len(self.encode(self.render(messages)))
 
 
 @dataclass(slots=True)
@@ -59,7 +86,7 @@ class ScoringPrompt:
 class ChoiceResult:
     probs: list[float] | None  # normalised over the candidates; None when nothing could be read
     logprobs: list[float | None]  # raw log-probabilities of each candidate (None: not in top_logprobs)
-    source: str  # "logprobs", "parsed" (hard verdict from text), or "error"
+    source: str  # "logprobs", "parsed" (hard verdict from text), "unparseable" (a reply with no readable verdict) or "error" (the request failed)
     raw: str | None = None  # generated text when parsed, or the failing reply
     error: str | None = None
     prompt_tokens: int = 0
@@ -84,6 +111,7 @@ class Backend(Protocol):
     model_id: str
     capabilities: Capabilities
     stats: BackendStats
+    tokenizer: Tokenizer | None  # set when capabilities.tokenizer
 
     def generate(self, chats: list[Chat], params: SamplingConfig, seeds: list[list[int]] | None = None) -> list[GenerationResult]:
         """n completions for each chat (``params.n``); ``seeds[i][j]`` seeds completion j of chat i."""
@@ -94,6 +122,17 @@ class Backend(Protocol):
         ...
 
     def close(self) -> None: ...
+
+
+def require_tokenizer(backend: "Backend", overlong: str) -> None:
+    """``overlong: exclude`` needs exact token counts: refuse it on a backend without a tokenizer."""
+    if overlong == "exclude" and not backend.capabilities.tokenizer:
+        from ..errors import ConfigError
+
+        raise ConfigError(
+            f"overlong: exclude needs exact token counts, and the {backend.name} backend has no tokenizer here; "
+            "set overlong: truncate (lengths are then cut by an estimate of 4 characters a token)"
+        )
 
 
 def normalise(logprobs: list[float | None], floor: float | None = None) -> list[float] | None:

@@ -17,10 +17,10 @@ from __future__ import annotations
 import os
 import threading
 
-from ..config import BackendConfig, SamplingConfig
+from ..config import SamplingConfig, TransformersBackendConfig
 from ..errors import BackendError
 from ..models import resolve
-from .base import BackendStats, Capabilities, Chat, ChoiceResult, Completion, GenerationResult, ScoringPrompt, normalise
+from .base import BackendStats, Capabilities, Chat, ChatTokenizer, ChoiceResult, Completion, GenerationResult, ScoringPrompt, normalise
 
 _LOADED: dict[tuple, tuple] = {}
 _LOAD_LOCK = threading.Lock()
@@ -55,7 +55,7 @@ def load_causal_lm(model_id: str, device: str = "auto", dtype: str = "float32"):
 class TransformersBackend:
     name = "transformers"
 
-    def __init__(self, cfg: BackendConfig):
+    def __init__(self, cfg: TransformersBackendConfig):
         import torch
 
         self.cfg = cfg
@@ -81,7 +81,8 @@ class TransformersBackend:
                 eos.update(t for t in tid if isinstance(t, int))
         self.eos_ids = sorted(eos)
         self._eos = frozenset(eos)
-        self.capabilities = Capabilities(logprobs=True, prefix_reuse=True, in_process=True, token_counts_exact=True, max_context=self.max_context)
+        self.capabilities = Capabilities(logprobs=True, prefix_reuse=True, in_process=True, token_counts_exact=True, max_context=self.max_context, tokenizer=True)
+        self.tokenizer = ChatTokenizer(self.tok, self.render)
         self.stats = BackendStats()
         self._lock = threading.Lock()  # one forward pass at a time per process
 
@@ -96,9 +97,6 @@ class TransformersBackend:
 
     def encode(self, text: str) -> list[int]:
         return self.tok(text, add_special_tokens=False)["input_ids"]
-
-    def count_chat_tokens(self, messages: Chat) -> int:
-        return len(self.encode(self.render(messages)))
 
     def _fit(self, ids: list[int], budget: int) -> tuple[list[int], bool]:
         """Cut the middle of an over-long prompt, keeping its head and its end (where the question and answer point are)."""

@@ -74,7 +74,8 @@ class OpenAIBackend:
                 f"(or name another with backend.api_key_env). Keys are never read from files."
             )
         self._key = key
-        self.capabilities = Capabilities(logprobs=cfg.top_logprobs > 0, prefix_reuse=True, in_process=False, token_counts_exact=True)
+        self.capabilities = Capabilities(logprobs=cfg.top_logprobs > 0, prefix_reuse=True, in_process=False, token_counts_exact=True, tokenizer=False)
+        self.tokenizer = None  # the served model's tokenizer is not here: lengths are approximate
         self.stats = BackendStats()
         self._rng = random.Random(0)
 
@@ -216,7 +217,7 @@ class OpenAIBackend:
             text = (choice.get("message") or {}).get("content") or ""
             usage = data.get("usage") or {}
         except (KeyError, IndexError, TypeError, AttributeError) as exc:
-            return ChoiceResult(None, [None] * len(candidates), "error", raw=json.dumps(data)[:500], error=f"unexpected reply shape: {exc}", retries=retries)
+            return ChoiceResult(None, [None] * len(candidates), "unparseable", raw=json.dumps(data)[:500], error=f"unexpected reply shape: {exc}", retries=retries)
         content = ((choice.get("logprobs") or {}).get("content")) or []
         top = content[0].get("top_logprobs") if content and isinstance(content[0], dict) else None
         if top:
@@ -236,7 +237,7 @@ class OpenAIBackend:
                 return ChoiceResult(normalise(logprobs, floor=floor), logprobs, "logprobs", raw=text, prompt_tokens=int(usage.get("prompt_tokens", 0)), retries=retries)
         idx = parse_choice(text, candidates)
         if idx is None:
-            return ChoiceResult(None, [None] * len(candidates), "error", raw=text, error="no log-probs and no candidate in the reply text", retries=retries)
+            return ChoiceResult(None, [None] * len(candidates), "unparseable", raw=text, error="no log-probs and no candidate in the reply text", retries=retries)
         probs = [1.0 if k == idx else 0.0 for k in range(len(candidates))]
         return ChoiceResult(probs, [None] * len(candidates), "parsed", raw=text, prompt_tokens=int(usage.get("prompt_tokens", 0)), retries=retries)
 

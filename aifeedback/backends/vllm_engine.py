@@ -15,16 +15,16 @@ import threading
 
 import math
 
-from ..config import BackendConfig, SamplingConfig
+from ..config import SamplingConfig, VLLMBackendConfig
 from ..errors import BackendError
 from ..models import resolve
-from .base import BackendStats, Capabilities, Chat, ChoiceResult, Completion, GenerationResult, ScoringPrompt, normalise
+from .base import ChatTokenizer, BackendStats, Capabilities, Chat, ChoiceResult, Completion, GenerationResult, ScoringPrompt, normalise
 
 
 class VLLMBackend:
     name = "vllm"
 
-    def __init__(self, cfg: BackendConfig):
+    def __init__(self, cfg: VLLMBackendConfig):
         try:
             import vllm  # noqa: F401
             from vllm import LLM
@@ -49,7 +49,8 @@ class VLLMBackend:
         self._lock = threading.Lock()
         self.tok = self.llm.get_tokenizer()
         self.max_context = self.llm.llm_engine.model_config.max_model_len
-        self.capabilities = Capabilities(logprobs=True, prefix_reuse=True, in_process=True, token_counts_exact=True, max_context=self.max_context)
+        self.capabilities = Capabilities(logprobs=True, prefix_reuse=True, in_process=True, token_counts_exact=True, max_context=self.max_context, tokenizer=True)
+        self.tokenizer = ChatTokenizer(self.tok, self.render)
         self.stats = BackendStats()
 
     def _generate(self, *args, **kwargs):
