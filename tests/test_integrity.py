@@ -184,5 +184,9 @@ def test_an_output_affecting_backend_setting_recomputes_every_pair(tmp_path, lla
     assert again == 0 and s2["items_reused"] == 6
     flipped, s3 = work(backend={**base["backend"], "top_logprobs": 0})
     assert flipped == 12 and s3["items_reused"] == 0 and s3["n_out"] + s3["n_excluded"] == 6
-    rows = RunStore(run).read_table("labels").to_pylist()
-    assert {r["prob_source"] for r in rows} == {"parsed"}
+    store = RunStore(run)
+    rows = store.read_table("labels").to_pylist()
+    excluded = store.read_table("labels", excluded=True).to_pylist()
+    assert all(r["prob_source"] == "parsed" for r in rows)  # no log-probs asked for: verdicts parsed from text
+    assert all(e["reason"] == "unparseable" for e in excluded), excluded  # a reply with no verdict is not a backend error
+    assert len(rows) + len(excluded) == 6
