@@ -36,7 +36,7 @@ def test_generic_and_malformed_human_files(tmp_path):
         generic_items(good, "pair_id", "winner")
     bad = tmp_path / "j.json"
     bad.write_text(json.dumps([{"idx": "0", "verdict": "1"}]))
-    with pytest.raises(InputError, match="Put the verdicts in a column named label"):
+    with pytest.raises(InputError, match="Available columns.*Name the id column pair_id .or idx. and the verdict column label"):
         judge_from_file("j", str(bad), label_column="missing")
 
 

@@ -30,12 +30,22 @@ def pair(pid: str, **kw) -> bytes:
     return jline({"pair_id": pid, "prompt": "Name a fruit.", "response_a": "A banana.", "response_b": "A lemon.", **kw})
 
 
+class NoTokenizer:
+    """For the labeler's input step only: a backend with no tokenizer (like a remote endpoint) that is never called."""
+
+    from aifeedback.backends.base import Capabilities
+
+    name = "openai"
+    tokenizer = None
+    capabilities = Capabilities(logprobs=True, prefix_reuse=False, in_process=False, token_counts_exact=False, tokenizer=False)
+
+
 def prepare_all(cfg: LabelConfig, pairs: list[dict], backend=None) -> tuple[list, list[dict]]:
-    """The labeler's input step; backend None means no tokenizer (about 4 characters a token) and no model."""
+    """The labeler's input step; no backend means one without a tokenizer (about 4 characters a token)."""
     from labelers.labeler import Labeler
     from labelers.templates import load_template
 
-    lab = Labeler(backend, cfg, load_template(cfg.method))
+    lab = Labeler(backend or NoTokenizer(), cfg, load_template(cfg.method))
     kept, excluded = [], []
     for p in pairs:
         prep, ex = lab.prepare(p)
@@ -112,8 +122,9 @@ def test_overlong_without_tokenizer_exclude_and_truncate(tmp_path):
     long = "word " * 400  # about 2,000 characters: over 8 tokens x 4 characters
     path = tmp_path / "pairs.jsonl"
     path.write_bytes(jline(GOOD) + pair("long", response_b=long))
-    kept, excluded = label_inputs(path, 2, max_response_tokens=8, overlong="exclude")
-    assert [e["reason"] for e in excluded] == ["too_long"] and "overlong: truncate" in excluded[0]["detail"]
+    # exclude needs exact counts: refused at start-up, naming the setting that works
+    with pytest.raises(ConfigError, match="overlong: exclude needs exact token counts.*set overlong: truncate"):
+        label_inputs(path, 2, max_response_tokens=8, overlong="exclude")
     kept, excluded = label_inputs(path, 2, max_response_tokens=8, overlong="truncate")
     assert not excluded and [p.truncated for p in kept] == [False, True]
     assert kept[1].fields["b"].endswith(" [...]") and len(kept[1].fields["b"]) < 40
@@ -125,7 +136,7 @@ def test_overlong_with_the_embedded_tokenizer_is_truncated_and_flagged(embedded_
     p = {"pair_id": "x", "messages": [{"role": "user", "content": prompt}], "response_a": "Fruit is sweet. " * 30, "response_b": "No."}
     (prep,), excluded = prepare_all(cfg, [p], embedded_backend)
     assert not excluded and prep.truncated
-    assert prep.fields["a"].endswith(" [...]") and len(embedded_backend.encode(prep.fields["a"])) <= 8 + 4
+    assert prep.fields["a"].endswith(" [...]") and len(embedded_backend.tokenizer.encode(prep.fields["a"])) <= 8 + 4
     assert prep.fields["context"].startswith("[...] ") and prep.fields["b"] == "No."
 
 

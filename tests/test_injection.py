@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from aifeedback.backends.base import ChoiceResult
+from aifeedback.backends.base import Capabilities, ChoiceResult
 from aifeedback.config import LabelConfig
 from labelers.labeler import Labeler
 from labelers.templates import TAGS, load_template, neutralise
@@ -56,6 +56,9 @@ def test_both_orders_render_the_injected_text_inside_its_data_block():
     seen = []
 
     class Recorder:  # scripted fake backend: records the prompts, answers a fixed distribution
+        name, tokenizer = "recorder", None
+        capabilities = Capabilities(logprobs=True, prefix_reuse=False, in_process=True, token_counts_exact=False)
+
         def choice_probs(self, prompts, candidates):
             seen.extend(prompts)
             return [ChoiceResult([0.6, 0.4], [None, None], "logprobs") for _ in prompts]

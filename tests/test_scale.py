@@ -27,6 +27,7 @@ def test_ray_shards_give_the_sequential_and_thread_runners_labels(tmp_path):
     src.write_text("".join(json.dumps(p) + "\n" for p in PAIRS))
     ov = {"input": str(src), "batch_size": 2, "backend": {"num_threads": 1}}  # one thread each: bitwise-equal arithmetic
     threads_before = torch.get_num_threads()
+    torch.set_num_threads(1)  # the backend may be cached from an earlier test, after threads were restored: set it here too
     try:
         runs = {
             "sequential": label_flow(run_dir=str(tmp_path / "sequential"), overrides=ov),  # the default runner
