@@ -190,3 +190,15 @@ def test_an_output_affecting_backend_setting_recomputes_every_pair(tmp_path, lla
     assert all(r["prob_source"] == "parsed" for r in rows)  # no log-probs asked for: verdicts parsed from text
     assert all(e["reason"] == "unparseable" for e in excluded), excluded  # a reply with no verdict is not a backend error
     assert len(rows) + len(excluded) == 6
+
+
+@pytest.mark.parametrize("stage", ["GenerateConfig", "ReviseConfig", "LabelConfig"])
+def test_a_setting_the_backend_cannot_honour_is_refused_at_start_up(stage):
+    """overlong: exclude needs exact token counts; the openai backend has no tokenizer, so it is an error, not a no-op."""
+    import aifeedback.config as config
+    from aifeedback.errors import ConfigError
+
+    cls = getattr(config, stage)
+    with pytest.raises(ConfigError, match="overlong: exclude needs exact token counts.*set overlong: truncate"):
+        config.build_config(cls, None, {"overlong": "exclude", "backend": {"kind": "openai", "base_url": "http://127.0.0.1:9/v1"}})
+    assert config.build_config(cls, None, {"overlong": "exclude"}).overlong == "exclude"  # the embedded backend has a tokenizer
