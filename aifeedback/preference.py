@@ -145,6 +145,10 @@ def derive_table(table, d: Derivation):
 
     from .records import LABELS
 
+    if "option_probs" not in table.column_names:
+        from .store import StoreError
+
+        raise StoreError("these labels were stored by an older aifeedback (no option_probs column); re-run `aifeedback label` with the same --run-dir to relabel them")
     rows = table.select(["mode", "option_probs", "candidates"]).to_pylist()
     derived = [derive(r, d) for r in rows]
     cols = {name: table.column(name) for name in table.column_names}

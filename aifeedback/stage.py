@@ -84,17 +84,18 @@ class BatchResult:
 
 @dataclass
 class Reuse:
-    """What a stage invocation took from shards already on disk, item by item."""
+    """What a stage invocation took from shards already on disk, item by item, and its shards in order."""
 
     index: dict[str, str]  # item key -> shard key, for every finished shard of the stage
-    sizes: dict[str, int]  # shard key -> items in it
-    used: dict[str, int] = field(default_factory=dict)  # shard key -> items of this invocation found there (first-use order)
-    keys: list[str] = field(default_factory=list)  # item keys taken from shards (for the selection of partly used shards)
+    sizes: dict[str, int]  # shard key -> distinct item keys in it
+    taken: dict[str, list[str]] = field(default_factory=dict)  # shard key -> item keys of this invocation taken from it
+    order: list[str] = field(default_factory=list)  # every shard of this invocation (reused and new), in order of first use
     n_in: int = 0  # items (and input exclusions) of this invocation
     n_reused: int = 0
 
-    def partial(self) -> list[str]:
-        return [k for k, n in self.used.items() if n < self.sizes.get(k, 0)]
+    def selection(self) -> dict[str, list[str]]:
+        """The shards this invocation used only in part, with the item keys it took from each."""
+        return {s: ks for s, ks in self.taken.items() if len(ks) < self.sizes.get(s, 0)}
 
 
 def _prefix(job: StageJob) -> bytes:
@@ -123,7 +124,7 @@ def iter_batches(store: RunStore, job: StageJob, items: Iterable[Any], batch_siz
         reuse = Reuse(*store.item_index(job.stage))
     prefix = _prefix(job)
     excl_prefix = hashlib.sha256(prefix + b"input-exclusion").digest()
-    seen_excl: dict[str, int] = {}  # identical bad rows stay distinct exclusions: keyed by content and occurrence
+    seen_excl: dict[bytes, int] = {}  # identical bad rows stay distinct exclusions: keyed by content digest and occurrence
     chunk: list[Any] = []
     chunk_keys: list[str] = []
     excl: list[dict] = []
@@ -134,8 +135,10 @@ def iter_batches(store: RunStore, job: StageJob, items: Iterable[Any], batch_siz
         shard = reuse.index.get(k)
         if shard is None:
             return False
-        reuse.used[shard] = reuse.used.get(shard, 0) + 1
-        reuse.keys.append(k)
+        if shard not in reuse.taken:
+            reuse.taken[shard] = []
+            reuse.order.append(shard)
+        reuse.taken[shard].append(k)
         reuse.n_reused += 1
         return True
 
@@ -144,13 +147,15 @@ def iter_batches(store: RunStore, job: StageJob, items: Iterable[Any], batch_siz
         key = batch_key(job.stage, keys, "", "", "")
         b = Batch(index, key, rows, store.has(job.stage, key), ex, keys)
         index += 1
+        reuse.order.append(key)
         return b
 
     for it in items:
         reuse.n_in += 1
         if isinstance(it, Excluded):
             content = json.dumps(it.row, sort_keys=True, default=str)
-            n = seen_excl[content] = seen_excl.get(content, 0) + 1
+            digest = hashlib.blake2b(content.encode("utf-8", "surrogatepass"), digest_size=16).digest()
+            n = seen_excl[digest] = seen_excl.get(digest, 0) + 1
             k = item_key(excl_prefix, [content, n])
             if take(k):
                 continue

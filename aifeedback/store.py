@@ -28,6 +28,7 @@ import errno
 import hashlib
 import json
 import os
+import re
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -46,6 +47,12 @@ class StoreError(AIFeedbackError):
 
 # the command that writes each stage (error messages name it)
 STAGE_COMMANDS = {"responses": "generate", "revisions": "revise", "labels": "label"}
+
+
+# Exclusions that say nothing about the item (the endpoint failed after its retries): tried again on the next run.
+RETRYABLE_REASONS = frozenset({"backend_error"})
+
+_SHARD_FILE = re.compile(r"([0-9a-f]{24})(?:\.excluded)?\.parquet")
 
 
 def stage_command(stage: str) -> str:
@@ -95,28 +102,39 @@ class RunStore:
         return self.shard_path(stage, key).is_file()
 
     def item_index(self, stage: str) -> tuple[dict[str, str], dict[str, int]]:
-        """(item key -> shard key, shard key -> number of items) over every finished shard of the stage."""
+        """(item key -> shard key, shard key -> number of distinct item keys in it) over every finished shard.
+
+        Only shard files count (24 hex digits; not ``_manifest``/``_selection`` or temp files). A key
+        found in two shards maps to the first; the other shard then counts as used in part.
+        """
         index: dict[str, str] = {}
         sizes: dict[str, int] = {}
         d = self.root / stage
         if not d.is_dir():
             return index, sizes
         for path in sorted(d.glob("*.parquet")):
-            name = path.name
-            key = name[: -len(".excluded.parquet")] if name.endswith(".excluded.parquet") else name[: -len(".parquet")]
+            m = _SHARD_FILE.fullmatch(path.name)
+            if m is None:
+                continue
+            key = m.group(1)
             if not self.has(stage, key):  # an exclusions file whose rows file never landed: a crashed batch
                 continue
             try:
                 pf = pq.ParquetFile(path)
                 if "item_key" not in pf.schema_arrow.names:  # a shard from before item keys: not reusable
                     continue
-                keys = pf.read(columns=["item_key"]).column(0).to_pylist()
+                retry: set[str] = set()
+                if path.name.endswith(".excluded.parquet"):
+                    t = pf.read(columns=["item_key", "reason"])
+                    keys = {k for k in t.column(0).to_pylist() if k is not None}
+                    retry = {k for k, r in zip(t.column(0).to_pylist(), t.column(1).to_pylist()) if r in RETRYABLE_REASONS}
+                else:
+                    keys = {k for k in pf.read(columns=["item_key"]).column(0).to_pylist() if k is not None}
             except (OSError, pa.ArrowException):
                 continue  # unreadable: its items are computed again
-            for k in set(keys):
-                if k is not None and k not in index:
-                    index[k] = key
-                    sizes[key] = sizes.get(key, 0) + 1
+            sizes[key] = sizes.get(key, 0) + len(keys)
+            for k in keys - retry:  # an item that failed for the backend's sake is tried again; its old shard then counts as partial
+                index.setdefault(k, key)
         return index, sizes
 
     # writing ----------------------------------------------------------------
@@ -172,14 +190,23 @@ class RunStore:
                 continue
         return out
 
-    def write_manifest(self, stage: str, keys: list[str], info: dict, partial: list[str] | None = None, selection: list[str] | None = None) -> Path:
-        """The stage's latest completed invocation: its shards, and for shards it used only in part, the item keys it used."""
-        sel_path = self.root / stage / "_selection.parquet"
-        if partial:
-            self._atomic_write_table(pa.table({"item_key": pa.array(selection or [], pa.string())}), sel_path)
-        else:
-            sel_path.unlink(missing_ok=True)
-        return self.write_json(f"{stage}/_manifest.json", {"stage": stage, "keys": list(keys), "partial_keys": list(partial or []), **info})
+    def write_manifest(self, stage: str, keys: list[str], info: dict, selection: dict[str, list[str]] | None = None) -> Path:
+        """The stage's latest completed invocation: its shards in order, and for shards it used only in part,
+        the item keys it took from each (``_selection-HASH.parquet``, named in the manifest: written first,
+        so a reader never pairs a manifest with another invocation's selection)."""
+        d = self.root / stage
+        sel_name = None
+        if selection:
+            shards = [s for s, ks in selection.items() for _ in ks]
+            items = [k for ks in selection.values() for k in ks]
+            digest = hashlib.sha256(json.dumps(selection, sort_keys=True).encode()).hexdigest()[:16]
+            sel_name = f"_selection-{digest}.parquet"
+            self._atomic_write_table(pa.table({"shard": pa.array(shards, pa.string()), "item_key": pa.array(items, pa.string())}), d / sel_name)
+        out = self.write_json(f"{stage}/_manifest.json", {"stage": stage, "keys": list(keys), "partial_keys": sorted(selection or {}), "selection": sel_name, **info})
+        for old in d.glob("_selection*.parquet"):  # earlier invocations' selections
+            if old.name != sel_name:
+                old.unlink(missing_ok=True)
+        return out
 
     # reading ----------------------------------------------------------------
     def manifest(self, stage: str) -> dict:
@@ -196,22 +223,23 @@ class RunStore:
 
         Shards the run used only in part are filtered to its items; labels get their derived columns.
         """
-        partial: set[str] = set()
-        selection = None
+        selection: dict[str, pa.Array] = {}
         derivation = None
+        m = None
+        if keys is None or (stage == "labels" and derive and not excluded):
+            m = self.manifest(stage) if keys is None or (self.root / stage / "_manifest.json").is_file() else None
         if keys is None:
-            m = self.manifest(stage)
-            keys, partial = list(m["keys"]), set(m.get("partial_keys") or [])
-            if partial:
-                selection = pq.read_table(self.root / stage / "_selection.parquet").column("item_key")
-            if stage == "labels" and derive and not excluded:
-                from .preference import Derivation
-
-                derivation = Derivation.from_config(m.get("derive") or {"tie_margin": 0.05, "temperature": 1.0, "cot": False})
-        elif stage == "labels" and derive and not excluded:
+            keys = list(m["keys"])
+            if m.get("selection"):
+                sel = pq.read_table(self.root / stage / m["selection"])
+                groups: dict[str, list[str]] = {}
+                for shard, item in zip(sel.column("shard").to_pylist(), sel.column("item_key").to_pylist()):
+                    groups.setdefault(shard, []).append(item)
+                selection = {shard: pa.array(items, pa.string()) for shard, items in groups.items()}
+        if stage == "labels" and derive and not excluded:
             from .preference import Derivation
 
-            derivation = Derivation()
+            derivation = Derivation.from_config((m or {}).get("derive") or {"tie_margin": 0.05, "temperature": 1.0, "cot": False})
         for key in keys:
             path = self.excluded_path(stage, key) if excluded else self.shard_path(stage, key)
             if not path.is_file():
@@ -220,10 +248,10 @@ class RunStore:
                 table = pq.read_table(path)
             except (OSError, pa.ArrowException) as exc:
                 raise StoreError(f"shard {path} is unreadable ({exc}); delete it and re-run `{stage_command(stage)} --run-dir {self.root}` to recompute it") from None
-            if key in partial:
+            if key in selection:
                 import pyarrow.compute as pc
 
-                table = table.filter(pc.is_in(table.column("item_key"), value_set=selection))
+                table = table.filter(pc.is_in(table.column("item_key"), value_set=selection[key]))
             if derivation is not None:
                 from .preference import derive_table
 

@@ -30,20 +30,20 @@ def _rows(path) -> int:
     return pq.ParquetFile(path).metadata.num_rows
 
 
-def _count(store: RunStore, stage: str, keys: list[str], partial: set[str], selection: list[str] | None) -> tuple[int, int]:
-    """(rows, exclusions) over the invocation's shards; shards used in part count only its items."""
+def _count(store: RunStore, stage: str, keys: list[str], selection: dict[str, list[str]]) -> tuple[int, int]:
+    """(rows, exclusions) over the invocation's shards; shards used in part count only the items taken from them."""
     import pyarrow as pa
     import pyarrow.compute as pc
 
-    sel = pa.array(selection or [], pa.string())
     n_rows = n_excl = 0
     for k in keys:
         if not store.has(stage, k):
             continue
+        sel = pa.array(selection[k], pa.string()) if k in selection else None
         for path, is_excl in ((store.shard_path(stage, k), False), (store.excluded_path(stage, k), True)):
             if not path.is_file():
                 continue
-            if k in partial:
+            if sel is not None:
                 n = pc.sum(pc.is_in(pq.read_table(path, columns=["item_key"]).column(0), value_set=sel)).as_py() or 0
             else:
                 n = _rows(path)
@@ -115,9 +115,9 @@ def execute_stage(
     n_in = reuse.n_in
     log.info("%s: %d items, %d reused from earlier shards, %d new in %d batches, %d computed", job.stage, n_in, reuse.n_reused, n_in - reuse.n_reused, n_batches, sum(1 for r in results if r.computed))
     complete = all(store.has(job.stage, k) for k in keys)
-    partial = reuse.partial()
-    all_keys = list(reuse.used) + [k for k in keys if k not in reuse.used]
-    n_rows, n_excl = _count(store, job.stage, all_keys, set(partial), reuse.keys if partial else None)
+    selection = reuse.selection()
+    all_keys = list(dict.fromkeys(reuse.order))  # reused and new shards, in order of first use
+    n_rows, n_excl = _count(store, job.stage, all_keys, selection)
     calls = sum(r.stats.get("model_calls", 0) for r in results if r.computed)
     summary = {
         "stage": job.stage,
@@ -150,8 +150,7 @@ def execute_stage(
                 "versions": library_versions(),
                 **(extra_manifest or {}),
             },
-            partial=partial,
-            selection=reuse.keys,
+            selection=selection,
         )
     store.append_history({"time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), **summary})
     log.info("%s: %s", job.stage, {k: summary[k] for k in ("n_in", "n_out", "n_excluded", "batches_computed", "model_calls")})

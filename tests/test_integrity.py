@@ -62,7 +62,9 @@ def labelled(tmp_path_factory):
     step("batch_size", tie_margin=margin, batch_size=50)
     step("reordered", tie_margin=margin, input=_pairs(tmp / "reversed.jsonl", reversed(range(N))))
     step("appended", tie_margin=margin, input=_pairs(tmp / "plus10.jsonl", range(N + 10)))
-    step("back", tie_margin=margin)  # the first 200 again: a subset of shards
+    step("back", tie_margin=margin)  # the first N again: a subset of shards
+    for name, (prompts, s) in work.items():  # the figures, for the record (pytest -s)
+        print(f"integrity N={N} {name}: {prompts} scoring prompts, {s['items_reused']} items reused, {s['n_out']} labelled, {s['seconds']:.1f} s")
     return {"run": run, "work": work, "rows0": {r["pair_id"]: r for r in rows}, "margin": margin}
 
 

@@ -86,3 +86,88 @@ def test_unwritable_run_dir_is_a_clear_error(tmp_path):
 def test_reading_an_unfinished_stage_names_the_fix(tmp_path):
     with pytest.raises(StoreError, match="aifeedback responses|has not completed"):
         RunStore(tmp_path).dataset("responses")
+
+
+class _EchoJob:
+    """A stage job without a model, for the run store's item-level bookkeeping (one row per item)."""
+
+    stage = "responses"
+    schema = RESPONSES
+
+    def item_id(self, it):
+        return it["prompt_id"]
+
+    def key_config(self):
+        return {"v": 1}
+
+    def model_id(self):
+        return "none"
+
+    def template_version(self):
+        return ""
+
+    def compute(self, items, key):
+        return [{"__item__": it["prompt_id"], "response_id": f"{it['prompt_id']}-r", "prompt_id": it["prompt_id"], "response": "r", "batch_key": key} for it in items], [], {}
+
+
+def test_item_level_reuse_reads_back_exactly_each_invocations_items(tmp_path):
+    """Subsets, supersets and reorderings across shards: each invocation reads exactly its items, counts match,
+    and the selection file of a partial invocation is never mistaken for a shard by the next one."""
+    from aifeedback.stage import Reuse, iter_batches, run_batch
+    from flows.common import _count
+
+    store, job = RunStore(tmp_path / "run"), _EchoJob()
+
+    def run(ids, batch_size):
+        reuse = Reuse(*store.item_index("responses"))
+        new = [b for b in iter_batches(store, job, [{"prompt_id": i} for i in ids], batch_size, reuse)]
+        for b in new:
+            run_batch(str(store.root), job, b)
+        keys = list(dict.fromkeys(reuse.order))
+        counts = _count(store, "responses", keys, reuse.selection())
+        store.write_manifest("responses", keys, {}, selection=reuse.selection())
+        got = sorted(r["prompt_id"] for r in store.read_table("responses").to_pylist())
+        return got, counts, len(new)
+
+    assert run(list("abcd"), 2) == (list("abcd"), (4, 0), 2)
+    assert run(list("ac"), 2) == (list("ac"), (2, 0), 0)  # two shards used in part
+    assert any(p.name.startswith("_selection-") for p in (store.root / "responses").iterdir())
+    assert run(list("ace"), 2) == (list("ace"), (3, 0), 1)  # only e is new; the selection file is not a shard
+    assert run(list("abcde"), 3) == (list("abcde"), (5, 0), 0)  # another batch size: nothing recomputed
+    assert not any(p.name.startswith("_selection-") for p in (store.root / "responses").iterdir())  # stale selections removed
+    assert run(list("edcba"), 1) == (list("abcde"), (5, 0), 0)
+
+
+def test_items_the_backend_failed_on_are_tried_again_and_counted_once(tmp_path):
+    """A backend_error exclusion is not a verdict on the item: the next run computes it again, and the old exclusion is not read."""
+    from aifeedback.records import exclusion
+    from aifeedback.stage import Reuse, iter_batches, run_batch
+    from flows.common import _count
+
+    class Flaky(_EchoJob):
+        failed = False
+
+        def compute(self, items, key):
+            rows, _, stats = super().compute(items, key)
+            if not Flaky.failed:  # the first call: the endpoint fails on item b
+                Flaky.failed = True
+                return [r for r in rows if r["prompt_id"] != "b"], [exclusion("b", "responses", "backend_error", "HTTP 503 after 5 retries")], stats
+            return rows, [], stats
+
+    store, job = RunStore(tmp_path / "run"), Flaky()
+
+    def run():
+        reuse = Reuse(*store.item_index("responses"))
+        new = list(iter_batches(store, job, [{"prompt_id": i} for i in "abc"], 3, reuse))
+        for b in new:
+            run_batch(str(store.root), job, b)
+        keys = list(dict.fromkeys(reuse.order))
+        counts = _count(store, "responses", keys, reuse.selection())
+        store.write_manifest("responses", keys, {}, selection=reuse.selection())
+        return counts, sum(len(b.items) for b in new)
+
+    assert run() == ((2, 1), 3)
+    assert run() == ((3, 0), 1)  # only b is computed again
+    assert sorted(r["prompt_id"] for r in store.read_table("responses").to_pylist()) == ["a", "b", "c"]
+    assert store.read_table("responses", excluded=True).num_rows == 0
+    assert run() == ((3, 0), 0)
