@@ -113,7 +113,9 @@ def test_prefect_yaml_deployments_load_and_validate():
             CronSchedule(cron=sched["cron"], timezone=sched.get("timezone"))
         names.add(dep["entrypoint"])
     assert {"flows.label:label_flow", "flows.pipeline:pipeline_flow"} <= names
-    with pytest.raises(Exception):
+    from prefect.exceptions import SignatureMismatchError
+
+    with pytest.raises(SignatureMismatchError, match="no_such_parameter"):
         importlib.import_module("flows.label").label_flow.validate_parameters({"run_dir": "x", "no_such_parameter": 1})
 
 
@@ -135,9 +137,17 @@ def test_schedule_parameters_fit_every_flow(tmp_path):
         "train-dpo": {"out_dir": "models/dpo", "preferences": "p.parquet"},
     }
     assert set(sets) == set(FLOWS)
+    import inspect
+
+    from flows.schedule import load_flow
+
     for name, s in sets.items():
         params = flow_parameters(name, str(tmp_path), None, s)
-        assert params  # validated against the flow's signature inside
+        accepted = set(inspect.signature(load_flow(name).fn).parameters)
+        assert params and set(params) <= accepted, (name, params)
+        carried = params.get("overrides") if "overrides" in params and "overrides" not in s else params
+        for key, value in s.items():  # every value the user set reaches the flow, where the flow takes it
+            assert carried.get(key, params.get(key)) == value, (name, key, params)
     assert flow_parameters("train-rm", str(tmp_path), None, sets["train-rm"])["run_dir"] == str(tmp_path)
     assert "run_dir" not in flow_parameters("train-dpo", str(tmp_path), None, sets["train-dpo"])  # optional: not filled in
     assert flow_parameters("train-rm", str(tmp_path), "rm.yaml", sets["train-rm"])["config_path"] == os.path.abspath("rm.yaml")  # --config reaches its config_path
