@@ -203,10 +203,18 @@ class SamplingConfig(StrictModel):
     seed: int = Field(0, ge=0, description="Base seed; completion j of prompt p uses a seed derived from (seed, p, j).")
 
 
+def overlong_refusal(backend_name: str) -> str:
+    """Why ``overlong: exclude`` cannot run on a backend without a tokenizer, and what to set instead (one text, two checks)."""
+    return (
+        f"overlong: exclude needs exact token counts, and the {backend_name} backend has no tokenizer here; "
+        "set overlong: truncate (lengths are then cut by an estimate of 4 characters a token)"
+    )
+
+
 def _overlong_check(cfg):
     """overlong: exclude needs exact token counts; an openai endpoint gives none before the request."""
     if cfg.overlong == "exclude" and cfg.backend.kind == "openai":
-        raise ValueError("overlong: exclude needs exact token counts, and the openai backend has no tokenizer here; set overlong: truncate (lengths are then cut by an estimate of 4 characters a token)")
+        raise ValueError(overlong_refusal("openai"))
     return cfg
 
 

@@ -226,9 +226,8 @@ class RunStore:
         selection: dict[str, pa.Array] = {}
         derivation = None
         m = None
-        if keys is None or (stage == "labels" and derive and not excluded):
-            m = self.manifest(stage) if keys is None or (self.root / stage / "_manifest.json").is_file() else None
         if keys is None:
+            m = self.manifest(stage)
             keys = list(m["keys"])
             if m.get("selection"):
                 sel = pq.read_table(self.root / stage / m["selection"])
@@ -239,7 +238,10 @@ class RunStore:
         if stage == "labels" and derive and not excluded:
             from .preference import Derivation
 
-            derivation = Derivation.from_config((m or {}).get("derive") or {"tie_margin": 0.05, "temperature": 1.0, "cot": False})
+            if m is None and (self.root / stage / "_manifest.json").is_file():  # explicit keys: still the run's settings
+                m = self.manifest(stage)
+            derive_cfg = (m or {}).get("derive")
+            derivation = Derivation.from_config(derive_cfg) if derive_cfg else Derivation()
         for key in keys:
             path = self.excluded_path(stage, key) if excluded else self.shard_path(stage, key)
             if not path.is_file():

@@ -50,6 +50,7 @@ def opt(cls: type, key: str, *flags: str, **kwargs: Any) -> Any:
 
 
 RunDir = typer.Option("runs/default", "--run-dir", help="Run directory (one per run; stages resume inside it).")
+MaxBatches = typer.Option(None, "--max-batches", help="Compute at most this many new batches, then stop (a later run resumes).")
 ConfigPath = typer.Option(None, "--config", "-c", help="YAML config for the command; flags override it.")
 Sets = typer.Option(None, "--set", help="Override any config key: --set sampling.temperature=0.3 (repeatable).")
 BackendKind = opt(BackendConfig, "kind", "--backend")
@@ -208,7 +209,7 @@ def generate(
     backend__kind: Optional[str] = BackendKind,
     backend__model: Optional[str] = Model,
     backend__base_url: Optional[str] = BaseUrl,
-    max_batches: Optional[int] = typer.Option(None, help="Compute at most this many new batches, then stop (resume later)."),
+    max_batches: Optional[int] = MaxBatches,
     set_: Optional[list[str]] = Sets,
 ) -> None:
     """Generate n responses per prompt into the run store."""
@@ -237,7 +238,7 @@ def label(
     backend__kind: Optional[str] = BackendKind,
     backend__model: Optional[str] = Model,
     backend__base_url: Optional[str] = BaseUrl,
-    max_batches: Optional[int] = typer.Option(None, help="Compute at most this many new batches, then stop."),
+    max_batches: Optional[int] = MaxBatches,
     runner: str = typer.Option("sequential", help="Where batches run: sequential, threads, or ray (sharded over Ray workers; each writes its own shards)."),
     workers: Optional[int] = typer.Option(None, help="threads/ray: workers (a local Ray cluster gets this many CPUs)."),
     ray_address: Optional[str] = typer.Option(None, help="ray: an existing cluster (auto, or ray://HOST:10001); default starts a local one."),
@@ -263,7 +264,7 @@ def revise(
     backend__kind: Optional[str] = BackendKind,
     backend__model: Optional[str] = Model,
     backend__base_url: Optional[str] = BaseUrl,
-    max_batches: Optional[int] = typer.Option(None, help="Compute at most this many new batches, then stop."),
+    max_batches: Optional[int] = MaxBatches,
     set_: Optional[list[str]] = Sets,
 ) -> None:
     """Critique and revise this run's responses under a constitution."""

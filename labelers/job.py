@@ -138,7 +138,7 @@ class LabelJob:
 
         backend = cached_backend(self.cfg.backend)
         labeler = Labeler(backend, self.cfg, self.template, self.constitution)
-        rows, excluded = labeler.label(items, key, self.cfg.backend.model, self.constitution_version)
+        rows, excluded = labeler.label(items, key, self.cfg.backend.model, self.constitution_version, derived=False)  # the store derives on read
         chash = config_hash(self.key_config())
         for r in rows:
             r["__item__"] = r["pair_id"]

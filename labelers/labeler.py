@@ -128,7 +128,9 @@ class Labeler:
         return [sum(r[k] for r in res) / len(res) for k in range(len(cands))]
 
     # labelling ------------------------------------------------------------------
-    def label(self, pairs: list[dict], key: str, labeler_id: str, constitution_version: str | None) -> tuple[list[dict], list[dict]]:
+    def label(self, pairs: list[dict], key: str, labeler_id: str, constitution_version: str | None, derived: bool = True) -> tuple[list[dict], list[dict]]:
+        """Label rows and exclusions. With ``derived`` (direct callers) each row also has p_a, the hard label and
+        the rest, under this labeler's settings; the run store keeps only the model outputs and derives on read."""
         cfg, tpl = self.cfg, self.template
         prepared, excluded = [], []
         for pair in pairs:
@@ -174,7 +176,8 @@ class Labeler:
                 reason = "unparseable" if err is not None and err.source == "unparseable" else "backend_error"
                 excluded.append(exclusion(p.pair["pair_id"], "labels", reason, f"{detail} (retries: {sum(r.retries for _, r in entries)})", err.raw if err else None))
                 continue
-            rows.append(self._derived(self._row(p, entries, priors, rationales, key, labeler_id, constitution_version)))
+            row = self._row(p, entries, priors, rationales, key, labeler_id, constitution_version)
+            rows.append({**row, **derive(row, self._derivation)} if derived else row)
         return rows, excluded
 
     def _row(self, p: Prepared, entries, priors, rationales, key: str, labeler_id: str, constitution_version: str | None) -> dict:
@@ -223,13 +226,6 @@ class Labeler:
             "constitution_version": constitution_version,
             "seed": cfg.seed,
         }
-
-    def _derived(self, row: dict) -> dict:
-        """The row plus its derived columns under this labeler's settings, for direct callers.
-
-        The run store keeps only the LABEL_OUTPUTS columns and derives these again when read.
-        """
-        return {**row, **derive(row, self._derivation)}
 
     def mode_name(self) -> str:
         c = self.cfg

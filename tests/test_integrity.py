@@ -59,13 +59,14 @@ def labelled(tmp_path_factory):
     margin = statistics.median(abs(r["p_a"] - 0.5) for r in rows)  # about half the pairs become ties
     step("tie_margin", tie_margin=margin)
     step("temperature", tie_margin=margin, temperature=0.5)
+    tempered = {r["pair_id"]: r for r in RunStore(run).read_table("labels").to_pylist()}
     step("batch_size", tie_margin=margin, batch_size=50)
     step("reordered", tie_margin=margin, input=_pairs(tmp / "reversed.jsonl", reversed(range(N))))
     step("appended", tie_margin=margin, input=_pairs(tmp / "plus10.jsonl", range(N + 10)))
     step("back", tie_margin=margin)  # the first N again: a subset of shards
     for name, (prompts, s) in work.items():  # the figures, for the record (pytest -s)
         print(f"integrity N={N} {name}: {prompts} scoring prompts, {s['items_reused']} items reused, {s['n_out']} labelled, {s['seconds']:.1f} s")
-    return {"run": run, "work": work, "rows0": {r["pair_id"]: r for r in rows}, "margin": margin}
+    return {"run": run, "work": work, "rows0": {r["pair_id"]: r for r in rows}, "tempered": tempered, "margin": margin}
 
 
 def test_first_run_scores_both_orders_of_every_pair(labelled):
@@ -106,7 +107,11 @@ def test_derived_columns_follow_the_settings_on_read(labelled):
         assert r["hard_label"] == winner(r["p_a"], labelled["margin"])
     ties = sum(r["hard_label"] == "tie" for r in store.read_table("labels").to_pylist())
     assert 0 < ties < N  # the median margin leaves both winners and ties to compare below
-    assert apply_temperature(0.7, 0.5) > 0.7  # (the formula the temperature step applied)
+    for pid, r in labelled["tempered"].items():  # read while the manifest said temperature 0.5
+        r0 = labelled["rows0"][pid]
+        assert (r["p_ab"], r["p_ba"]) == (r0["p_ab"], r0["p_ba"])
+        assert r["p_a"] == pytest.approx(apply_temperature(r0["p_a"], 0.5)) and r["hard_label"] == winner(r["p_a"], labelled["margin"])
+    assert any(abs(r["p_a"] - labelled["rows0"][pid]["p_a"]) > 1e-6 for pid, r in labelled["tempered"].items())
 
 
 def test_export_dpo_reward_model_and_agreement_agree_pair_by_pair(labelled, tmp_path):

@@ -15,15 +15,6 @@ COMPLETIONS = [
 ]
 
 
-def _derived(row: dict, cfg) -> dict:
-    """A label row with its derived columns (p_a, hard label...): the labeler adds them, or the reader does."""
-    if "p_a" in row:
-        return row
-    from aifeedback.preference import Derivation, derive
-
-    return {**row, **derive(row, Derivation.from_config(cfg))}
-
-
 def test_direct_reward_is_the_labelers_normalised_pointwise_score(embedded_backend):
     """direct_reward(labeler) gives sum_i i P(i) mapped to [-1, 1], the same number the pointwise labeler stores."""
     from aifeedback.config import LabelConfig
@@ -49,7 +40,7 @@ def test_direct_reward_is_the_labelers_normalised_pointwise_score(embedded_backe
     pairs = [{"pair_id": f"d{i}", "prompt_id": f"d{i}", "messages": [{"role": "user", "content": p}], "response_a": a, "response_b": b} for i, (p, (a, b)) in enumerate(zip(PROMPTS, COMPLETIONS))]
     rows, excluded = lab.label(pairs, "k", DEFAULT_LABELER, None)
     assert excluded == [] and len(rows) == len(pairs)
-    want = [normalised_reward(s) for r in (_derived(x, cfg) for x in rows) for s in (r["score_a"], r["score_b"])]
+    want = [normalised_reward(s) for r in rows for s in (r["score_a"], r["score_b"])]
     assert got == pytest.approx(want, abs=1e-4)
     assert len({round(x, 4) for x in got}) > 1  # the reward tells completions apart: not a constant
 

@@ -112,15 +112,6 @@ class FirstShownBackend:
         pass
 
 
-def _derived(row: dict, cfg) -> dict:
-    """A label row with its derived columns (p_a, hard label...): the labeler adds them, or the reader does."""
-    if "p_a" in row:
-        return row
-    from aifeedback.preference import Derivation, derive
-
-    return {**row, **derive(row, Derivation.from_config(cfg))}
-
-
 @pytest.mark.parametrize("favour, position", [(0, "first"), (1, "second")])
 def test_a_purely_position_biased_labeler_gives_a_tie(favour, position):
     from labelers.job import LabelJob
@@ -136,7 +127,7 @@ def test_a_purely_position_biased_labeler_gives_a_tie(favour, position):
     stored = rows[0]
     first = [1.0, 0.0] if favour == 0 else [0.0, 1.0]
     assert [(e["order"], e["probs"]) for e in stored["option_probs"]] == [("AB", first), ("BA", first)]
-    r = _derived(stored, cfg)  # the columns readers get, with the config's tie_margin
+    r = stored  # with the derived columns, under the config's tie_margin
     # both orders were really shown: A first, then B first
     assert len(backend.prompts) == 2 and r["orders"] == ["AB", "BA"]
     shown = [p.messages[-1]["content"] for p in backend.prompts]

@@ -12,7 +12,8 @@ import math
 from dataclasses import dataclass, field
 from typing import Protocol, runtime_checkable
 
-from ..config import SamplingConfig
+from ..config import SamplingConfig, overlong_refusal
+from ..errors import ConfigError
 
 Chat = list[dict]  # [{"role": ..., "content": ...}, ...]
 
@@ -127,12 +128,7 @@ class Backend(Protocol):
 def require_tokenizer(backend: "Backend", overlong: str) -> None:
     """``overlong: exclude`` needs exact token counts: refuse it on a backend without a tokenizer."""
     if overlong == "exclude" and not backend.capabilities.tokenizer:
-        from ..errors import ConfigError
-
-        raise ConfigError(
-            f"overlong: exclude needs exact token counts, and the {backend.name} backend has no tokenizer here; "
-            "set overlong: truncate (lengths are then cut by an estimate of 4 characters a token)"
-        )
+        raise ConfigError(overlong_refusal(backend.name))
 
 
 def normalise(logprobs: list[float | None], floor: float | None = None) -> list[float] | None:
