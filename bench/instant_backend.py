@@ -17,6 +17,7 @@ from aifeedback.backends.base import BackendStats, Capabilities, ChoiceResult, C
 
 class InstantBackend:
     name = "instant"
+    tokenizer = None  # no tokenizer: truncation counts characters, as for a remote endpoint
 
     def __init__(self, cfg):
         self.model_id = f"instant:{cfg.model}"
