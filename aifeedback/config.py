@@ -42,6 +42,13 @@ def affects_output(field: FieldInfo) -> bool | None:
     return extra.get("affects_output") if isinstance(extra, dict) else None
 
 
+class ModelPrice(StrictModel):
+    """What one model costs, in US dollars per million tokens."""
+
+    input: float = Field(ge=0, description="USD per million prompt (input) tokens.")
+    output: float = Field(ge=0, description="USD per million completion (output) tokens.")
+
+
 BUILTIN_BACKENDS = ("transformers", "openai", "vllm")
 _PLUGIN_KIND = re.compile(r"[A-Za-z_][\w.]*:[A-Za-z_]\w*")
 
@@ -62,6 +69,11 @@ class BackendConfig(StrictModel):
     )
     model: str = Setting(DEFAULT_POLICY, affects_output=True, description="Model id: an embedded name, a local folder or a Hugging Face id (the served model name for openai).")
     max_context: int | None = Setting(None, affects_output=True, ge=16, description="Context length in tokens; default is the model's.")
+    prices: dict[str, ModelPrice] = Setting(
+        default_factory=dict,
+        affects_output=False,
+        description="Price table, per model id: {MODEL: {input: USD, output: USD}} per million tokens. Runs record their cost at these prices; when given, it must price backend.model.",
+    )
 
     def __new__(cls, *args: Any, **data: Any):
         if cls is BackendConfig:  # the base names no backend: build the one the settings ask for
@@ -92,6 +104,15 @@ class BackendConfig(StrictModel):
         elif v != cls.KIND:
             raise ValueError(f"{cls.__name__} is the config of the {cls.KIND} backend, got kind {v!r}; build BackendConfig(kind={v!r}, ...) instead")
         return v
+
+    @model_validator(mode="after")
+    def _priced(self):
+        if self.prices and self.model not in self.prices:
+            raise ValueError(
+                f"backend.prices has no entry for model {self.model!r} (it prices {sorted(self.prices)}); "
+                f"add {self.model}: {{input: USD, output: USD}} under backend.prices, or fix the model name"
+            )
+        return self
 
     def identity(self) -> dict:
         """Every setting that can change a model output (batch keys and provenance hold it); see ``Setting``."""
@@ -132,6 +153,9 @@ class OpenAIBackendConfig(BackendConfig):
     backoff_base_s: float = Setting(0.5, affects_output=False, ge=0, description="openai: first backoff delay; doubles each retry, with full jitter.")
     backoff_max_s: float = Setting(20.0, affects_output=False, ge=0, description="openai: longest single backoff delay (Retry-After is honoured up to this).")
     top_logprobs: int = Setting(20, affects_output=True, ge=0, le=20, description="openai: top_logprobs requested when scoring; 0 means the endpoint has none.")
+    requests_per_minute: float | None = Setting(None, affects_output=False, gt=0, description="openai: request budget of the endpoint (RPM); requests are paced to stay under it. Default: no budget.")
+    tokens_per_minute: float | None = Setting(None, affects_output=False, gt=0, description="openai: token budget of the endpoint (TPM, prompt + completion); requests are paced to stay under it. Default: no budget.")
+    adaptive_concurrency: bool = Setting(True, affects_output=False, description="openai: adapt the requests in flight (AIMD, at most max_concurrency): halve on 429 or exhausted rate-limit headers, grow by one per window of successes. False keeps max_concurrency fixed.")
 
     @field_validator("base_url")
     @classmethod

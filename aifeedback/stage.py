@@ -19,6 +19,7 @@ from typing import Any, Protocol
 
 import pyarrow as pa
 
+from . import usage
 from .backends import Backend, make_backend
 from .config import BackendConfig
 from .store import RunStore, batch_key
@@ -189,7 +190,8 @@ def run_batch(store_root: str, job: StageJob, batch: Batch) -> BatchResult:
         store.write_batch(job.stage, batch.key, [], job.schema, batch.excluded)
         dt = time.perf_counter() - t0
         return BatchResult(batch.key, 0, len(batch.excluded), True, dt, {"write_s": dt})
-    rows, excluded, stats = job.compute(batch.items, batch.key)
+    with usage.meter() as used:  # what the backend reports while computing this batch, on this thread
+        rows, excluded, stats = job.compute(batch.items, batch.key)
     t1 = time.perf_counter()
     n_in = len(batch.items)
     key_of = dict(zip((job.item_id(x) for x in batch.items), batch.item_keys))
@@ -200,7 +202,9 @@ def run_batch(store_root: str, job: StageJob, batch: Batch) -> BatchResult:
         r["item_key"] = key_of[r.pop("__item__")]
     for e in excluded:
         e["item_key"] = key_of.get(e["item_id"])
+    rec = usage.batch_record(job.stage, batch.key, used, getattr(getattr(job, "cfg", None), "backend", None))
     store.write_batch(job.stage, batch.key, rows, job.schema, excluded)
+    usage.append(store.root, rec)  # after the shard: a resumed run never counts a batch it did not finish
     t2 = time.perf_counter()
-    stats = {**stats, "compute_s": t1 - t0, "write_s": t2 - t1, "pid": os.getpid()}
+    stats = {**stats, "compute_s": t1 - t0, "write_s": t2 - t1, "pid": os.getpid(), "usage": rec}
     return BatchResult(batch.key, len(rows), len(excluded), True, t2 - t0, stats)

@@ -18,6 +18,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from aifeedback.provenance import git_commit, library_versions
 from aifeedback.stage import Batch, BatchResult, Excluded, Reuse, StageJob, iter_batches, run_batch
 from aifeedback.store import RunStore
+from aifeedback.usage import summarise as usage_summary
 
 
 @task(name="stage-batch", cache_policy=NO_CACHE, task_run_name="{job.stage}-{batch.index}")
@@ -136,6 +137,7 @@ def execute_stage(
         "store_seconds": round(sum(r.stats.get("write_s", 0.0) for r in results), 3),
         "seconds": round(time.perf_counter() - t0, 3),
         "worker_processes": len({r.stats["pid"] for r in results if "pid" in r.stats}),
+        **usage_summary([r.stats for r in results if r.computed]),  # tokens, cost, the endpoint's settled concurrency
     }
     if complete:
         store.write_manifest(
@@ -154,6 +156,7 @@ def execute_stage(
         )
     store.append_history({"time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), **summary})
     log.info("%s: %s", job.stage, {k: summary[k] for k in ("n_in", "n_out", "n_excluded", "batches_computed", "model_calls")})
+    log.info("%s: %s", job.stage, {k: summary[k] for k in ("requests", "prompt_tokens", "completion_tokens", "cost_usd", "concurrency", "concurrency_min", "rate_limited_total") if k in summary})
     return summary
 
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 import os
 import threading
 
+from .. import usage
 from ..config import SamplingConfig, TransformersBackendConfig
 from ..errors import BackendError
 from ..models import resolve
@@ -134,6 +135,8 @@ class TransformersBackend:
                     self.stats.tokens_generated += len(toks)
                     self.stats.tokens_prefilled += len(ids)
         self.stats.chats_generated += len(chats)
+        done = [c for r in results for c in r.completions]  # exact counts, from the tokenizer, for token accounting
+        usage.record(sum(c.prompt_tokens for c in done), sum(c.completion_tokens for c in done), requests=len(done))
         return results
 
     def _decode(self, prompts: list[list[int]], params: SamplingConfig, seeds: list[int | None]) -> list[tuple[list[int], str]]:
@@ -242,6 +245,7 @@ class TransformersBackend:
                     ids, trunc = encoded[i]
                     results[i] = ChoiceResult(normalise(lps), lps, "logprobs", prompt_tokens=len(ids), truncated=trunc)
         self.stats.prompts_scored += len(prompts)
+        usage.record(sum(len(e[0]) for e in encoded), 0, requests=len(prompts))  # scoring reads log-probs: no completion tokens
         return results
 
     def _score_grouped(self, seqs: list[list[int]], variants) -> list[list[float | None]]:

@@ -1,61 +1,92 @@
 """The ``openai`` backend: any OpenAI-compatible endpoint (vLLM serve, llama.cpp server, hosted APIs).
 
-Async over httpx with bounded concurrency; every request has a timeout; 429
-(honouring Retry-After), 5xx, connection resets, timeouts and malformed JSON are
-retried with exponential backoff and full jitter. The API key is read from the
-environment variable named in the config, and nowhere else.
+Built on the official client, ``openai.AsyncOpenAI``: its connection pool, its
+per-request timeout and its retries (429 honouring Retry-After, 408/409/5xx,
+connection resets, timeouts), with this project's backoff (``backoff_base_s``
+doubling, full jitter, ``backoff_max_s`` cap). A 200 whose JSON is malformed is
+retried here, from the same retry budget. Retries are counted per row from the
+client's ``retries_taken``. The API key is read from the environment variable named
+in the config, and nowhere else.
+
+Requests go through an :class:`~aifeedback.ratelimit.AdaptiveLimiter`: RPM/TPM
+budgets and AIMD concurrency. The client, its pool and the limiter live on one event
+loop in a thread of their own for the backend's life, so connections and the
+settled concurrency carry over from batch to batch. Each request's ``usage`` is
+recorded for token and cost accounting (:mod:`aifeedback.usage`).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import json
+import logging
 import math
 import os
 import random
 import threading
 from typing import Any
+from urllib.parse import urlsplit
 
-import httpx
+import httpx2
+import openai
 
+from .. import usage
 from ..config import BackendConfig, SamplingConfig
 from ..errors import BackendError
+from ..ratelimit import AdaptiveLimiter
 from .base import BackendStats, Capabilities, Chat, ChoiceResult, Completion, GenerationResult, ScoringPrompt, normalise, parse_choice
 
-RETRY_STATUS = {408, 409, 425, 429, 500, 502, 503, 504}
+log = logging.getLogger("aifeedback")
 
-
-class _Retryable(Exception):
-    def __init__(self, text: str, retry_after: float | None = None):
-        super().__init__(text)
-        self.retry_after = retry_after
+# what the client retries by itself (openai._base_client._should_retry), so an error after them means retries ran out
+RETRY_STATUS = {408, 409, 429}
+_EST_TOKENS: contextvars.ContextVar[float] = contextvars.ContextVar("aif_est_tokens", default=0.0)  # for the TPM budget, read by the request hook
+NO_KEY = "no-key"  # the client needs some key; a local server without --api_key ignores it
 
 
 def _is_local(url: str) -> bool:
-    host = httpx.URL(url).host
+    host = urlsplit(url).hostname or ""
     return host in ("127.0.0.1", "localhost", "::1") or host.startswith("127.")
 
 
-def _run(coro):
-    """Run a coroutine from sync code, also when this thread already has a loop (Prefect, notebooks)."""
-    try:
-        asyncio.get_running_loop()
-    except RuntimeError:
-        return asyncio.run(coro)
-    box: dict[str, Any] = {}
+def _approx_tokens(messages: Chat) -> int:
+    """About 4 characters a token, plus a few for each message's role markers (for budgets only)."""
+    return sum(len(str(m.get("content") or "")) for m in messages) // 4 + 4 * len(messages)
 
-    def target():
-        try:
-            box["value"] = asyncio.run(coro)
-        except BaseException as exc:  # re-raised in the caller's thread
-            box["error"] = exc
 
-    t = threading.Thread(target=target)
-    t.start()
-    t.join()
-    if "error" in box:
-        raise box["error"]
-    return box["value"]
+class _Loop:
+    """One event loop in a daemon thread: the client, its pool and the limiter live there."""
+
+    def __init__(self):
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, name="aifeedback-openai", daemon=True)
+        self.thread.start()
+
+    def run(self, coro):
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result()
+
+    def stop(self) -> None:
+        if self.loop.is_running():
+            self.loop.call_soon_threadsafe(self.loop.stop)
+            self.thread.join(timeout=5)
+
+
+class _Client(openai.AsyncOpenAI):
+    """The official client with this project's backoff: full jitter, Retry-After honoured up to ``backoff_max_s``."""
+
+    def __init__(self, *, backoff_base_s: float, backoff_max_s: float, **kwargs):
+        super().__init__(**kwargs)
+        self._backoff = (backoff_base_s, backoff_max_s)
+        self._rng = random.Random(0)
+
+    def _calculate_retry_timeout(self, remaining_retries, options, response_headers=None) -> float:
+        base, cap = self._backoff
+        retry_after = self._parse_retry_after_header(response_headers)
+        if retry_after is not None and math.isfinite(retry_after) and retry_after > 0:
+            return min(retry_after, cap)
+        attempt = max(0, options.get_max_retries(self.max_retries) - remaining_retries)
+        return self._rng.uniform(0, min(cap, base * (2 ** min(attempt, 30))))
 
 
 class OpenAIBackend:
@@ -77,70 +108,107 @@ class OpenAIBackend:
         self.capabilities = Capabilities(logprobs=cfg.top_logprobs > 0, prefix_reuse=True, in_process=False, token_counts_exact=True, tokenizer=False)
         self.tokenizer = None  # the served model's tokenizer is not here: lengths are approximate
         self.stats = BackendStats()
+        self.limiter = AdaptiveLimiter(cfg.max_concurrency, cfg.requests_per_minute, cfg.tokens_per_minute, adaptive=cfg.adaptive_concurrency, name=cfg.base_url)
+        self._loop: _Loop | None = None
+        self._client: _Client | None = None
+        self._start = threading.Lock()
         self._rng = random.Random(0)
 
     def __repr__(self) -> str:  # never show the key
         return f"OpenAIBackend(base_url={self.base_url!r}, model={self.model_id!r})"
 
     # transport ----------------------------------------------------------------
-    def _client(self) -> httpx.AsyncClient:
-        headers = {"Authorization": f"Bearer {self._key}"} if self._key else {}
-        limits = httpx.Limits(max_connections=self.cfg.max_concurrency, max_keepalive_connections=self.cfg.max_concurrency)
-        return httpx.AsyncClient(base_url=self.base_url, headers=headers, timeout=httpx.Timeout(self.cfg.timeout_s), limits=limits)
+    def _ensure(self) -> _Loop:
+        with self._start:
+            if self._loop is None:
+                self._loop = _Loop()
+                self._client = self._loop.run(self._make_client())
+            return self._loop
 
-    def _delay(self, attempt: int, retry_after: float | None) -> float:
-        if retry_after is not None:
-            return min(max(retry_after, 0.0), self.cfg.backoff_max_s)
+    async def _make_client(self) -> _Client:
+        limiter = self.limiter
+
+        async def on_request(request: httpx2.Request) -> None:
+            await limiter.pace(_EST_TOKENS.get())
+
+        async def on_response(response: httpx2.Response) -> None:
+            limiter.on_response(response.status_code, response.headers)
+
+        http = openai.DefaultAsyncHttpxClient(
+            limits=httpx2.Limits(max_connections=self.cfg.max_concurrency, max_keepalive_connections=self.cfg.max_concurrency),
+            timeout=httpx2.Timeout(self.cfg.timeout_s),
+            event_hooks={"request": [on_request], "response": [on_response]},
+        )
+        return _Client(
+            api_key=self._key or NO_KEY,
+            base_url=self.base_url,
+            timeout=self.cfg.timeout_s,
+            max_retries=self.cfg.max_retries,
+            http_client=http,
+            backoff_base_s=self.cfg.backoff_base_s,
+            backoff_max_s=self.cfg.backoff_max_s,
+            organization=None,
+            project=None,
+        )
+
+    def _delay(self, attempt: int) -> float:
         cap = min(self.cfg.backoff_max_s, self.cfg.backoff_base_s * (2**attempt))
         return self._rng.uniform(0, cap)
 
-    async def _post(self, client: httpx.AsyncClient, path: str, body: dict) -> tuple[dict | None, str | None, int]:
-        """POST with retries. Returns (json, error_text, retries)."""
-        last = ""
-        for attempt in range(self.cfg.max_retries + 1):
+    async def _post(self, body: dict) -> tuple[Any, str | None, int]:
+        """One chat completion through the limiter and the client's retries. Returns (completion, error_text, retries)."""
+        est = _approx_tokens(body["messages"]) + int(body.get("max_tokens") or 0) * int(body.get("n") or 1)
+        retries, last = 0, ""
+        _EST_TOKENS.set(float(est))
+        while True:
+            await self.limiter.acquire()
             try:
-                resp = await client.post(path, json=body)
-                if resp.status_code in RETRY_STATUS or resp.status_code >= 500:
-                    ra = resp.headers.get("retry-after")
-                    try:
-                        ra_s = float(ra) if ra is not None else None
-                    except ValueError:
-                        ra_s = None
-                    raise _Retryable(f"HTTP {resp.status_code}: {resp.text[:300]}", ra_s)
-                if resp.status_code == 401 or resp.status_code == 403:
-                    raise BackendError(f"{self.base_url} refused the credentials (HTTP {resp.status_code}); check the key in ${self.cfg.api_key_env}")
-                if resp.status_code >= 400:
-                    return None, f"HTTP {resp.status_code}: {resp.text[:500]}", attempt
+                client = self._client if retries == 0 else self._client.with_options(max_retries=max(0, self.cfg.max_retries - retries))  # one retry budget in all
+                raw = await client.chat.completions.with_raw_response.create(**body)
+                retries += raw.retries_taken
                 try:
-                    return resp.json(), None, attempt
-                except (json.JSONDecodeError, ValueError) as exc:
-                    raise _Retryable(f"malformed JSON from server ({exc}): {resp.text[:200]!r}") from None
-            except _Retryable as exc:
-                last = str(exc)
-                retry_after = exc.retry_after
-            except httpx.TimeoutException as exc:
-                last, retry_after = f"timeout after {self.cfg.timeout_s}s ({type(exc).__name__})", None
-            except httpx.TransportError as exc:
-                last, retry_after = f"{type(exc).__name__}: {exc or 'connection failed'} at {self.base_url}", None
-            if attempt < self.cfg.max_retries:
-                self.stats.retries += 1
-                await asyncio.sleep(self._delay(attempt, retry_after))
-        return None, f"failed after {self.cfg.max_retries} retries: {last}", self.cfg.max_retries
+                    data = raw.parse()
+                    if not getattr(data, "choices", None):
+                        raise ValueError("no choices in the reply")
+                except (json.JSONDecodeError, ValueError, TypeError) as exc:
+                    last = f"malformed JSON from server ({type(exc).__name__}: {exc}): {raw.text[:200]!r}"
+                else:
+                    self.limiter.on_success()
+                    u = data.usage
+                    self.limiter.settle_tokens(est, (u.prompt_tokens + u.completion_tokens) if u else 0)
+                    return data, None, retries
+            except (openai.AuthenticationError, openai.PermissionDeniedError) as exc:
+                raise BackendError(f"{self.base_url} refused the credentials (HTTP {exc.status_code}); check the key in ${self.cfg.api_key_env}") from None
+            except openai.APIStatusError as exc:
+                if exc.status_code not in RETRY_STATUS and exc.status_code < 500:
+                    return None, f"HTTP {exc.status_code}: {str(exc)[:500]}", retries
+                return None, f"failed after {self.cfg.max_retries} retries: HTTP {exc.status_code}: {str(exc)[:300]}", self.cfg.max_retries
+            except openai.APITimeoutError as exc:
+                return None, f"failed after {self.cfg.max_retries} retries: timeout after {self.cfg.timeout_s}s ({type(exc).__name__}) at {self.base_url}", self.cfg.max_retries
+            except openai.APIConnectionError as exc:
+                cause = exc.__cause__
+                return None, f"failed after {self.cfg.max_retries} retries: ConnectError ({type(cause).__name__ if cause else type(exc).__name__}: {cause or exc}) at {self.base_url}", self.cfg.max_retries
+            finally:
+                self.limiter.release()
+            if retries >= self.cfg.max_retries:  # malformed JSON, and no retries left
+                return None, f"failed after {self.cfg.max_retries} retries: {last}", retries
+            await asyncio.sleep(self._delay(retries))
+            retries += 1
 
-    async def _gather(self, bodies: list[tuple[str, dict]]) -> list[tuple[dict | None, str | None, int]]:
-        sem = asyncio.Semaphore(self.cfg.max_concurrency)
-        async with self._client() as client:
+    async def _gather(self, bodies: list[dict]) -> list[tuple[Any, str | None, int]]:
+        return await asyncio.gather(*(self._post(b) for b in bodies))  # tasks start in order: FIFO slots keep a pair's orders adjacent
 
-            async def one(path: str, body: dict):
-                async with sem:
-                    return await self._post(client, path, body)
-
-            return await asyncio.gather(*(one(p, b) for p, b in bodies))
-
-    def _check_reachable(self, results: list[tuple[dict | None, str | None, int]]) -> None:
-        errors = [e for _, e, _ in results if e]
-        if results and len(errors) == len(results) and all(("ConnectError" in e or "timeout" in e) for e in errors):
+    def _send(self, bodies: list[dict]) -> list[tuple[Any, str | None, int]]:
+        raw = self._ensure().run(self._gather(bodies))
+        raw = [(None if d is None else d.model_dump(), e, r) for d, e, r in raw]  # plain dicts, as the endpoint sent them
+        self.stats.retries += sum(r for _, _, r in raw)
+        for data, _, _ in raw:  # the endpoint's own usage, on the calling thread's meters (the batch's)
+            u = (data or {}).get("usage") or {}
+            usage.record(int(u.get("prompt_tokens") or 0), int(u.get("completion_tokens") or 0), exact=bool(u) or data is None, **self.limiter.snapshot())
+        errors = [e for _, e, _ in raw if e]
+        if raw and len(errors) == len(raw) and all(("ConnectError" in e or "timeout" in e) for e in errors):
             raise BackendError(f"the endpoint {self.base_url} is unreachable; every request failed. Last error: {errors[-1]}. Check that the server is running.")
+        return raw
 
     # protocol -----------------------------------------------------------------
     def generate(self, chats: list[Chat], params: SamplingConfig, seeds: list[list[int]] | None = None) -> list[GenerationResult]:
@@ -157,9 +225,8 @@ class OpenAIBackend:
                 }
                 if seeds is not None:
                     body["seed"] = int(seeds[i][j])
-                bodies.append(("/chat/completions", body))
-        raw = _run(self._gather(bodies))
-        self._check_reachable(raw)
+                bodies.append(body)
+        raw = self._send(bodies)
         out: list[GenerationResult] = []
         for i in range(len(chats)):
             res = GenerationResult()
@@ -169,12 +236,12 @@ class OpenAIBackend:
                 if err is None:
                     try:
                         choice = data["choices"][0]
-                        usage = data.get("usage") or {}
+                        use = data.get("usage") or {}
                         res.completions.append(
                             Completion(
                                 text=choice["message"].get("content") or "",
-                                prompt_tokens=int(usage.get("prompt_tokens", 0)),
-                                completion_tokens=int(usage.get("completion_tokens", 0)),
+                                prompt_tokens=int(use.get("prompt_tokens", 0)),
+                                completion_tokens=int(use.get("completion_tokens", 0)),
                                 finish_reason=str(choice.get("finish_reason") or ""),
                                 seed=None if seeds is None else int(seeds[i][j]),
                             )
@@ -198,9 +265,8 @@ class OpenAIBackend:
             body: dict[str, Any] = {"model": self.model_id, "messages": messages, "temperature": 0.0, "max_tokens": 4}
             if self.cfg.top_logprobs > 0:
                 body.update(logprobs=True, top_logprobs=self.cfg.top_logprobs)
-            bodies.append(("/chat/completions", body))
-        raw = _run(self._gather(bodies))
-        self._check_reachable(raw)
+            bodies.append(body)
+        raw = self._send(bodies)
         out = []
         for data, err, retries in raw:
             self.stats.prompts_scored += 1
@@ -215,7 +281,7 @@ class OpenAIBackend:
         try:
             choice = data["choices"][0]
             text = (choice.get("message") or {}).get("content") or ""
-            usage = data.get("usage") or {}
+            use = data.get("usage") or {}
         except (KeyError, IndexError, TypeError, AttributeError) as exc:
             return ChoiceResult(None, [None] * len(candidates), "unparseable", raw=json.dumps(data)[:500], error=f"unexpected reply shape: {exc}", retries=retries)
         content = ((choice.get("logprobs") or {}).get("content")) or []
@@ -234,12 +300,19 @@ class OpenAIBackend:
             logprobs = [math.log(m) if m > 0 else None for m in mass]
             if any(lp is not None for lp in logprobs):
                 floor = min(entry["logprob"] for entry in top if entry.get("logprob") is not None)
-                return ChoiceResult(normalise(logprobs, floor=floor), logprobs, "logprobs", raw=text, prompt_tokens=int(usage.get("prompt_tokens", 0)), retries=retries)
+                return ChoiceResult(normalise(logprobs, floor=floor), logprobs, "logprobs", raw=text, prompt_tokens=int(use.get("prompt_tokens", 0)), retries=retries)
         idx = parse_choice(text, candidates)
         if idx is None:
             return ChoiceResult(None, [None] * len(candidates), "unparseable", raw=text, error="no log-probs and no candidate in the reply text", retries=retries)
         probs = [1.0 if k == idx else 0.0 for k in range(len(candidates))]
-        return ChoiceResult(probs, [None] * len(candidates), "parsed", raw=text, prompt_tokens=int(usage.get("prompt_tokens", 0)), retries=retries)
+        return ChoiceResult(probs, [None] * len(candidates), "parsed", raw=text, prompt_tokens=int(use.get("prompt_tokens", 0)), retries=retries)
 
     def close(self) -> None:
-        pass
+        if self._loop is not None:
+            if self._client is not None:
+                try:
+                    self._loop.run(self._client.close())
+                except Exception:  # closing a pool whose server is gone
+                    pass
+            self._loop.stop()
+            self._loop, self._client = None, None
