@@ -8,6 +8,7 @@ per-process cache, so the model loads once per worker.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -38,6 +39,23 @@ def cached_backend(cfg: BackendConfig) -> Backend:
         if key not in _BACKENDS:
             _BACKENDS[key] = make_backend(cfg)
         return _BACKENDS[key]
+
+
+@contextlib.contextmanager
+def backend_override(cfg: BackendConfig, backend: Backend):
+    """Within the block, :func:`cached_backend` hands out ``backend`` for ``cfg`` (a dry run: ``aifeedback estimate``)."""
+    key = cfg.model_dump_json()
+    with _CREATE:
+        before = _BACKENDS.get(key)
+        _BACKENDS[key] = backend
+    try:
+        yield backend
+    finally:
+        with _CREATE:
+            if before is None:
+                _BACKENDS.pop(key, None)
+            else:
+                _BACKENDS[key] = before
 
 
 class StageJob(Protocol):
@@ -195,11 +213,18 @@ def run_batch(store_root: str, job: StageJob, batch: Batch) -> BatchResult:
     t1 = time.perf_counter()
     n_in = len(batch.items)
     key_of = dict(zip((job.item_id(x) for x in batch.items), batch.item_keys))
-    accounted = {r["__item__"] for r in rows}
+    if isinstance(rows, pa.Table):  # rows as columns: their item ids in the "__item__" column
+        ids = rows.column("__item__").to_pylist()
+        accounted = set(ids)
+    else:
+        accounted = {r["__item__"] for r in rows}
     if len(accounted) + len(excluded) != n_in:
         raise AssertionError(f"batch {batch.key}: {n_in} items in, {len(accounted)} produced + {len(excluded)} excluded")
-    for r in rows:
-        r["item_key"] = key_of[r.pop("__item__")]
+    if isinstance(rows, pa.Table):
+        rows = rows.drop_columns(["__item__"]).append_column("item_key", pa.array([key_of[i] for i in ids], pa.string()))
+    else:
+        for r in rows:
+            r["item_key"] = key_of[r.pop("__item__")]
     for e in excluded:
         e["item_key"] = key_of.get(e["item_id"])
     rec = usage.batch_record(job.stage, batch.key, used, getattr(getattr(job, "cfg", None), "backend", None))

@@ -123,6 +123,19 @@ def summarise(stats: list[dict]) -> dict:
     return out
 
 
+def invocation_rows(run_root: str | Path) -> list[dict]:
+    """Each stage invocation of ``history.jsonl`` with its tokens and cost (None where it predates accounting)."""
+    path = Path(run_root) / "history.jsonl"
+    rows = []
+    for line in path.read_text().splitlines() if path.is_file() else []:
+        try:
+            h = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        rows.append({k: h.get(k) for k in ("time", "stage", "n_in", "n_out", "batches_computed", *TOKEN_KEYS, "cost_usd", "concurrency", "concurrency_min", "rate_limited_total")})
+    return rows
+
+
 def totals(run_root: str | Path) -> dict:
     """Per stage, the tokens and cost of every batch the run computed (``usage.jsonl``)."""
     by_stage: dict[str, dict] = {}

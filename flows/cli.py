@@ -18,6 +18,7 @@ from aifeedback.config import BackendConfig, GenerateConfig, LabelConfig, OpenAI
 from aifeedback.errors import AIFeedbackError, ConfigError
 from flows.schedule import FLOWS
 from trainers.reward_config import RewardConfig
+from trainers.loop_config import LoopConfig
 from trainers.rl_config import DPOTrainConfig, RLConfig
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="RLAIF data generation: generate, revise, label both orders, report, export.")
@@ -31,6 +32,7 @@ COMMAND_CONFIGS: dict[str, type] = {
     "train-rm": RewardConfig,
     "train-rl": RLConfig,
     "train-dpo": DPOTrainConfig,
+    "loop": LoopConfig,
 }
 OUR_PACKAGES = ("aifeedback", "labelers", "trainers", "flows")
 _PACKAGES_ROOT = Path(__file__).resolve().parents[1]  # the repository, or site-packages: the four packages are siblings
@@ -238,6 +240,8 @@ def label(
     backend__kind: Optional[str] = BackendKind,
     backend__model: Optional[str] = Model,
     backend__base_url: Optional[str] = BaseUrl,
+    labeler: Optional[str] = opt(LoopConfig, "labeler", "--labeler"),
+    gold: Optional[str] = opt(LoopConfig, "gold", "--gold"),
     max_batches: Optional[int] = MaxBatches,
     runner: str = typer.Option("sequential", help="Where batches run: sequential, threads, or ray (sharded over Ray workers; each writes its own shards)."),
     workers: Optional[int] = typer.Option(None, help="threads/ray: workers (a local Ray cluster gets this many CPUs)."),
@@ -248,7 +252,15 @@ def label(
     flags = _flags(LabelConfig, locals())
     with _user_errors():
         cfg = _config("label", config, set_, flags)
-    _run_flow("flows.label", "label_flow", run_dir=run_dir, **cfg, max_batches=max_batches, runner=runner, workers=workers, ray_address=ray_address)
+        if labeler not in (None, "llm"):
+            LoopConfig(labeler=labeler)  # rm:PATH or llm, checked before Prefect starts
+            from labelers.rm_labeler import check_reward_model_dir
+
+            check_reward_model_dir(labeler[3:])
+        elif gold:
+            raise ConfigError("--gold fits a reward model labeler's temperature; pass --labeler rm:PATH with it")
+    extra = {"labeler": labeler, "gold": gold} if labeler not in (None, "llm") else {}
+    _run_flow("flows.label", "label_flow", run_dir=run_dir, **cfg, max_batches=max_batches, runner=runner, workers=workers, ray_address=ray_address, **extra)
 
 
 @app.command()
@@ -342,6 +354,26 @@ def import_pairs(
     console.print(f"wrote {len(items)} pairs to {out}")
 
 
+@app.command("import-labels")
+def import_labels(
+    verdicts: str = typer.Argument(..., help="The judge's verdict file: PandaLM-style (idx + NAME_result) or any table with an id and a verdict or probability column."),
+    judge: str = typer.Option(..., "--judge", help="The judge's name, recorded as labeler_model on every row (e.g. gpt-3.5-turbo)."),
+    run_dir: str = RunDir,
+    input: Optional[str] = opt(LabelConfig, "input", "--input", "-i"),
+    config: Optional[Path] = ConfigPath,
+    id_column: Optional[str] = typer.Option(None, "--id-column", help="Verdict file column with the pair id (default idx, else pair_id)."),
+    label_column: Optional[str] = typer.Option(None, "--label-column", help="Column with the hard verdict: A/B/tie, 1/2/0 or response_a/response_b (default NAME_result, else label)."),
+    prob_column: Optional[str] = typer.Option(None, "--prob-column", help="Column with P(A > B) in [0, 1]: a soft label, used instead of --label-column."),
+    id_prefix: str = typer.Option("", "--id-prefix", help="Prefix added to the file's ids to match pair ids (PandaLM files get pandalm- by default)."),
+    set_: Optional[list[str]] = Sets,
+) -> None:
+    """Bring a judge's verdicts (a hosted LLM, PandaLM...) into a run as AI labels, with the judge as provenance."""
+    flags = _flags(LabelConfig, locals())
+    with _user_errors():
+        cfg = _config("label", config, set_, flags)
+    _run_flow("flows.import_labels", "import_labels_flow", run_dir=run_dir, verdicts=verdicts, judge=judge, **cfg, id_column=id_column, label_column=label_column, prob_column=prob_column, id_prefix=id_prefix)
+
+
 @app.command("train-rm")
 def train_rm(
     run_dir: str = RunDir,
@@ -392,6 +424,30 @@ def train_dpo(
     with _user_errors():
         cfg = _config("train-dpo", config, set_, flags)
     _run_flow("flows.train", "train_dpo_flow", out_dir=out, run_dir=run_dir, preferences=preferences, **cfg)
+
+
+@app.command()
+def loop(
+    run_dir: str = typer.Option("runs/loop", "--run-dir", help="Run directory of the loop (a re-run resumes it at the unfinished stage)."),
+    config: Optional[Path] = ConfigPath,
+    policy: Optional[str] = opt(LoopConfig, "policy", "--policy"),
+    prompts: Optional[str] = opt(LoopConfig, "prompts", "--prompts"),
+    iterations: Optional[int] = opt(LoopConfig, "iterations", "--iterations", "-k"),
+    labeler: Optional[str] = opt(LoopConfig, "labeler", "--labeler"),
+    gold: Optional[str] = opt(LoopConfig, "gold", "--gold"),
+    evaluator: Optional[str] = opt(LoopConfig, "evaluator", "--evaluator"),
+    method: Optional[str] = opt(LoopConfig, "method", "--method"),
+    compare: Optional[list[str]] = typer.Option(None, "--compare", help="NAME=RUN_DIR: another loop run shown side by side in the report (repeatable), e.g. the LLM-labelled control."),
+    set_: Optional[list[str]] = Sets,
+) -> None:
+    """Iterative online RLAIF: sample, label (LLM judge or reward model), DPO/GRPO, evaluate against the initial policy; K times."""
+    flags = _flags(LoopConfig, locals())
+    with _user_errors():
+        cfg = _config("loop", config, set_, flags)
+        pairs = dict(c.split("=", 1) for c in compare or [] if "=" in c)
+        if len(pairs) != len(compare or []):
+            raise ConfigError("--compare takes NAME=RUN_DIR, e.g. --compare control=runs/loop-llm")
+    _run_flow("flows.loop", "loop_flow", run_dir=run_dir, **cfg, compare=pairs or None)
 
 
 # aifeedback.export imports only the standard library and yaml at load, so --help stays fast
@@ -462,8 +518,12 @@ def runs(
     deployment: Optional[str] = typer.Option(None, help="Only runs of this deployment."),
     upcoming: bool = typer.Option(False, help="Include runs scheduled for the future."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
+    run_dir: Optional[str] = typer.Option(None, "--run-dir", help="Instead: this run store's stage invocations with their tokens and cost (history.jsonl, usage.jsonl)."),
 ) -> None:
-    """Recent flow runs and their states, from the Prefect API."""
+    """Recent flow runs and their states, from the Prefect API (or, with --run-dir, a run's tokens and cost)."""
+    if run_dir is not None:
+        _run_usage(run_dir, as_json)
+        return
     from flows.schedule import recent_runs
 
     try:
@@ -479,6 +539,100 @@ def runs(
     for r in rows:
         table.add_row(r["flow"], r["deployment"] or "-", r["run"], r["state"] or "-", r["start"] or r["expected_start"] or "-", str(r["seconds"] or "-"))
     console.print(table)
+
+
+def _run_usage(run_dir: str, as_json: bool) -> None:
+    """``runs --run-dir``: each stage invocation's tokens and cost, and the run's totals per stage."""
+    from aifeedback.usage import invocation_rows, totals
+
+    if not (Path(run_dir) / "history.jsonl").is_file():
+        _fail(ConfigError(f"{run_dir} holds no history.jsonl; pass --run-dir with a run directory a stage has written"))
+    rows, tot = invocation_rows(run_dir), totals(run_dir)
+    if as_json:
+        print(json.dumps({"invocations": rows, "totals": tot}, indent=1, default=str))
+        return
+    cols = ("time", "stage", "n_in", "n_out", "batches_computed", "requests", "prompt_tokens", "completion_tokens", "cost_usd", "concurrency")
+    table = Table(*cols, title=f"{run_dir}: stage runs")
+    for r in rows:
+        table.add_row(*("-" if r.get(c) is None else str(r.get(c)) for c in cols))
+    console.print(table)
+    for stage, t in tot.items():
+        cost = "not priced (set backend.prices)" if t["cost_usd"] is None else f"${t['cost_usd']:.6f}"
+        console.print(f"{stage}: {t['batches']} batches, {t['requests']} requests, {t['prompt_tokens']} prompt + {t['completion_tokens']} completion tokens{'' if t['exact'] else ' (some counts missing)'}, {cost}")
+
+
+estimate_app = typer.Typer(help="What a stage would send, cost and take, before spending: no model call. Same arguments as the stage.", no_args_is_help=True)
+app.add_typer(estimate_app, name="estimate")
+Tokenizer = typer.Option(None, "--tokenizer", help="Count with this model's tokenizer and chat template (a local folder or embedded name): exact when it is the served model's. Default: the transformers backend's own; for endpoints, about 4 characters a token.")
+
+
+def _estimate(stage: str, run_dir: str, config: Optional[Path], sets: Optional[list[str]], flags: dict, tokenizer: Optional[str], as_json: bool) -> None:
+    with _user_errors():
+        cfg = _config(stage, config, sets, flags)
+        from flows.estimate import estimate
+
+        result = estimate(stage, run_dir, cfg["config_path"], cfg["overrides"], tokenizer)
+    if as_json:
+        print(json.dumps(result, indent=1))
+    else:
+        _summary(result)
+
+
+@estimate_app.command("label")
+def estimate_label(
+    run_dir: str = RunDir,
+    config: Optional[Path] = ConfigPath,
+    input: Optional[str] = opt(LabelConfig, "input", "--input", "-i"),
+    method: Optional[str] = opt(LabelConfig, "method", "--method"),
+    orders: Optional[str] = opt(LabelConfig, "orders", "--orders"),
+    limit: Optional[int] = opt(LabelConfig, "limit", "--limit"),
+    backend__kind: Optional[str] = BackendKind,
+    backend__model: Optional[str] = Model,
+    backend__base_url: Optional[str] = BaseUrl,
+    set_: Optional[list[str]] = Sets,
+    tokenizer: Optional[str] = Tokenizer,
+    as_json: bool = typer.Option(False, "--json", help="Print JSON."),
+) -> None:
+    """Estimate `aifeedback label`: tokens, cost and time; pairs already labelled in the run cost nothing."""
+    _estimate("label", run_dir, config, set_, _flags(LabelConfig, locals()), tokenizer, as_json)
+
+
+@estimate_app.command("generate")
+def estimate_generate(
+    run_dir: str = RunDir,
+    config: Optional[Path] = ConfigPath,
+    input: Optional[str] = opt(GenerateConfig, "input", "--input", "-i"),
+    sampling__n: Optional[int] = opt(GenerateConfig, "sampling.n", "--n"),
+    limit: Optional[int] = opt(GenerateConfig, "limit", "--limit"),
+    sampling__max_new_tokens: Optional[int] = opt(GenerateConfig, "sampling.max_new_tokens", "--max-new-tokens"),
+    backend__kind: Optional[str] = BackendKind,
+    backend__model: Optional[str] = Model,
+    backend__base_url: Optional[str] = BaseUrl,
+    set_: Optional[list[str]] = Sets,
+    tokenizer: Optional[str] = Tokenizer,
+    as_json: bool = typer.Option(False, "--json", help="Print JSON."),
+) -> None:
+    """Estimate `aifeedback generate` (completion tokens: max_new_tokens each, an upper bound)."""
+    _estimate("generate", run_dir, config, set_, _flags(GenerateConfig, locals()), tokenizer, as_json)
+
+
+@estimate_app.command("revise")
+def estimate_revise(
+    run_dir: str = RunDir,
+    config: Optional[Path] = ConfigPath,
+    constitution: Optional[str] = opt(ReviseConfig, "constitution", "--constitution"),
+    rounds: Optional[int] = opt(ReviseConfig, "rounds", "--rounds"),
+    limit: Optional[int] = opt(ReviseConfig, "limit", "--limit"),
+    sampling__max_new_tokens: Optional[int] = opt(ReviseConfig, "sampling.max_new_tokens", "--max-new-tokens"),
+    backend__kind: Optional[str] = BackendKind,
+    backend__model: Optional[str] = Model,
+    backend__base_url: Optional[str] = BaseUrl,
+    set_: Optional[list[str]] = Sets,
+    tokenizer: Optional[str] = Tokenizer,
+    as_json: bool = typer.Option(False, "--json", help="Print JSON."),
+) -> None:
+    """Estimate `aifeedback revise` (later rounds' prompts are counted without the text earlier rounds generate)."""
+    _estimate("revise", run_dir, config, set_, _flags(ReviseConfig, locals()), tokenizer, as_json)
 
 
 def config_classes() -> dict[str, type]:
@@ -502,6 +656,22 @@ def show_config(name: str = typer.Argument(..., help="Config class, e.g. LabelCo
         _fail(ConfigError(f"unknown config {name!r}; one of {', '.join(sorted(classes))}"))
     schema = TypeAdapter(AnyBackendConfig).json_schema() if name == "BackendConfig" else classes[name].model_json_schema()
     console.print_json(json.dumps(schema))
+
+
+@app.command()
+def view(
+    run_dir: str = typer.Argument(..., help="A labelled run directory (its --run-dir)."),
+    out: Optional[str] = typer.Option(None, "--out", help="HTML file to write; default RUN_DIR/view.html."),
+    report: Optional[str] = typer.Option(None, "--report", help="Agreement report folder whose human labels the page shows; default: one in RUN_DIR or one folder below it."),
+) -> None:
+    """Write one self-contained HTML page of a run's labelled pairs and revision chains (opens from disk, offline)."""
+    from labelers.viewer import write_viewer
+
+    with _user_errors():
+        path, data = write_viewer(run_dir, out, report)
+    human = f", {data['n_human']} with a human label" if data["human_source"] else ""
+    console.print(f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB): {len(data['pairs'])} labelled pairs, {len(data['excluded'])} excluded, {len(data['chains'])} revision chains{human}")
+    console.print(f"open {path.as_uri()}", soft_wrap=True)
 
 
 @app.command()
