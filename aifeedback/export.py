@@ -306,6 +306,10 @@ def _fmt(v: float | None, pct: bool = False) -> str:
     return "–" if v is None else (f"{v:.1%}" if pct else f"{v:.3f}")
 
 
+def _usd(v: float | None) -> str:
+    return "not priced (backend.prices)" if v is None else f"{v:.6f}"
+
+
 def render_card(prov: dict, files: dict[str, dict[str, str]], repo_id: str | None = None) -> str:
     """README.md for the export: YAML metadata whose ``configs`` map each config's splits to its files, and the provenance."""
     names = list(files)
@@ -369,6 +373,10 @@ def render_card(prov: dict, files: dict[str, dict[str, str]], repo_id: str | Non
     out += ["## Provenance", ""]
     out += [f"- **{s}**: model `{m.get('model')}`, git commit `{m.get('git_commit')}`, {m.get('n_in')} in = {m.get('n_out')} out + {m.get('n_excluded')} excluded" + (f", template `{m['template_version']}`" if m.get("template_version") else "") for s, m in stages.items()]
     out += [f"- **export**: git commit `{prov['export_git_commit']}`", ""]
+    if prov.get("usage"):  # what the run's model calls took, as the endpoint (or the local tokenizer) counted them
+        out += ["| stage | batches | requests | prompt tokens | completion tokens | cost (USD) |", "|---|---|---|---|---|---|"]
+        out += [f"| {s} | {t['batches']} | {t['requests']} | {t['prompt_tokens']} | {t['completion_tokens']} | {_usd(t['cost_usd'])} |" for s, t in prov["usage"].items()]
+        out.append("")
     libs = sorted({lib for m in [*stages.values(), {"versions": prov["export_versions"]}] for lib in (m.get("versions") or {})})
     cols = [*stages, "export"]
     vers = {**{s: m.get("versions") or {} for s, m in stages.items()}, "export": prov["export_versions"]}

@@ -30,6 +30,7 @@ from pathlib import Path
 
 from prefect import flow
 
+from aifeedback.usage import totals as usage_totals
 from aifeedback.errors import AIFeedbackError
 from aifeedback.export import (
     SPLITS,
@@ -159,6 +160,7 @@ def collect_provenance(root: Path, manifests: dict, opts: ExportOptions, tables:
         "labeler_template": (manifests.get("labels") or {}).get("template"),
         "constitutions": _constitutions(manifests, configs),
         "agreement": [_agreement(p.resolve(), root, manifests.get("labels")) for p in _reports(root, report)],
+        "usage": usage_totals(root),  # tokens and cost of every batch the run computed
     }
 
 

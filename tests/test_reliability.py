@@ -123,10 +123,17 @@ class FaultProxy:
 
     The first five requests get one fault of each kind (so every kind is exercised),
     later ones a fault with probability ``rate`` per kind.
+
+    ``per_second=K`` is a rate-limit mode instead: a request that arrives when K have
+    arrived in the last second gets a 429 (with Retry-After: 1), nothing else is faulted.
+    Every forwarded reply's ``usage`` is summed (``usage``): the server's own counts.
     """
 
-    def __init__(self, upstream: str, rate: float, slow_s: float, seed: int = 0):
+    def __init__(self, upstream: str, rate: float, slow_s: float, seed: int = 0, per_second: int | None = None):
         self.upstream, self.rate, self.slow_s = upstream.rstrip("/"), rate, slow_s
+        self.per_second = per_second
+        self.arrivals: list[float] = []
+        self.usage: Counter = Counter()
         self.rng = random.Random(seed)
         self.port = free_port()
         self.injected: Counter = Counter()
@@ -148,6 +155,11 @@ class FaultProxy:
         self.server = await asyncio.start_server(self._handle, "127.0.0.1", self.port)
 
     def _pick(self) -> str | None:
+        if self.per_second is not None:
+            now = time.monotonic()
+            self.arrivals = [t for t in self.arrivals if now - t < 1.0]
+            self.arrivals.append(now)
+            return "429" if len(self.arrivals) > self.per_second else None
         i, self.n = self.n, self.n + 1
         if i < len(FAULTS):
             return FAULTS[i]
@@ -188,6 +200,13 @@ class FaultProxy:
             resp = await self.client.request(method, path.removeprefix("/v1") if self.upstream.endswith("/v1") else path, content=body, headers=fwd)
             data = resp.content
             self.forwarded += 1
+            try:
+                for k, v in (json.loads(data).get("usage") or {}).items():
+                    if k in ("prompt_tokens", "completion_tokens"):
+                        self.usage[k] += int(v)
+                self.usage["replies"] += 1
+            except (ValueError, AttributeError):
+                pass
             if fault == "truncated":
                 data = data[: max(1, len(data) // 2)]  # a 200 whose JSON stops half-way
             writer.write(f"HTTP/1.1 {resp.status_code} OK\r\nContent-Type: application/json\r\nContent-Length: {len(data)}\r\nConnection: close\r\n\r\n".encode() + data)
