@@ -18,6 +18,7 @@ from aifeedback.config import BackendConfig, GenerateConfig, LabelConfig, OpenAI
 from aifeedback.errors import AIFeedbackError, ConfigError
 from flows.schedule import FLOWS
 from trainers.reward_config import RewardConfig
+from trainers.loop_config import LoopConfig
 from trainers.rl_config import DPOTrainConfig, RLConfig
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="RLAIF data generation: generate, revise, label both orders, report, export.")
@@ -31,6 +32,7 @@ COMMAND_CONFIGS: dict[str, type] = {
     "train-rm": RewardConfig,
     "train-rl": RLConfig,
     "train-dpo": DPOTrainConfig,
+    "loop": LoopConfig,
 }
 OUR_PACKAGES = ("aifeedback", "labelers", "trainers", "flows")
 _PACKAGES_ROOT = Path(__file__).resolve().parents[1]  # the repository, or site-packages: the four packages are siblings
@@ -238,6 +240,8 @@ def label(
     backend__kind: Optional[str] = BackendKind,
     backend__model: Optional[str] = Model,
     backend__base_url: Optional[str] = BaseUrl,
+    labeler: Optional[str] = opt(LoopConfig, "labeler", "--labeler"),
+    gold: Optional[str] = opt(LoopConfig, "gold", "--gold"),
     max_batches: Optional[int] = MaxBatches,
     runner: str = typer.Option("sequential", help="Where batches run: sequential, threads, or ray (sharded over Ray workers; each writes its own shards)."),
     workers: Optional[int] = typer.Option(None, help="threads/ray: workers (a local Ray cluster gets this many CPUs)."),
@@ -248,7 +252,15 @@ def label(
     flags = _flags(LabelConfig, locals())
     with _user_errors():
         cfg = _config("label", config, set_, flags)
-    _run_flow("flows.label", "label_flow", run_dir=run_dir, **cfg, max_batches=max_batches, runner=runner, workers=workers, ray_address=ray_address)
+        if labeler not in (None, "llm"):
+            LoopConfig(labeler=labeler)  # rm:PATH or llm, checked before Prefect starts
+            from labelers.rm_labeler import check_reward_model_dir
+
+            check_reward_model_dir(labeler[3:])
+        elif gold:
+            raise ConfigError("--gold fits a reward model labeler's temperature; pass --labeler rm:PATH with it")
+    extra = {"labeler": labeler, "gold": gold} if labeler not in (None, "llm") else {}
+    _run_flow("flows.label", "label_flow", run_dir=run_dir, **cfg, max_batches=max_batches, runner=runner, workers=workers, ray_address=ray_address, **extra)
 
 
 @app.command()
@@ -342,6 +354,26 @@ def import_pairs(
     console.print(f"wrote {len(items)} pairs to {out}")
 
 
+@app.command("import-labels")
+def import_labels(
+    verdicts: str = typer.Argument(..., help="The judge's verdict file: PandaLM-style (idx + NAME_result) or any table with an id and a verdict or probability column."),
+    judge: str = typer.Option(..., "--judge", help="The judge's name, recorded as labeler_model on every row (e.g. gpt-3.5-turbo)."),
+    run_dir: str = RunDir,
+    input: Optional[str] = opt(LabelConfig, "input", "--input", "-i"),
+    config: Optional[Path] = ConfigPath,
+    id_column: Optional[str] = typer.Option(None, "--id-column", help="Verdict file column with the pair id (default idx, else pair_id)."),
+    label_column: Optional[str] = typer.Option(None, "--label-column", help="Column with the hard verdict: A/B/tie, 1/2/0 or response_a/response_b (default NAME_result, else label)."),
+    prob_column: Optional[str] = typer.Option(None, "--prob-column", help="Column with P(A > B) in [0, 1]: a soft label, used instead of --label-column."),
+    id_prefix: str = typer.Option("", "--id-prefix", help="Prefix added to the file's ids to match pair ids (PandaLM files get pandalm- by default)."),
+    set_: Optional[list[str]] = Sets,
+) -> None:
+    """Bring a judge's verdicts (a hosted LLM, PandaLM...) into a run as AI labels, with the judge as provenance."""
+    flags = _flags(LabelConfig, locals())
+    with _user_errors():
+        cfg = _config("label", config, set_, flags)
+    _run_flow("flows.import_labels", "import_labels_flow", run_dir=run_dir, verdicts=verdicts, judge=judge, **cfg, id_column=id_column, label_column=label_column, prob_column=prob_column, id_prefix=id_prefix)
+
+
 @app.command("train-rm")
 def train_rm(
     run_dir: str = RunDir,
@@ -392,6 +424,30 @@ def train_dpo(
     with _user_errors():
         cfg = _config("train-dpo", config, set_, flags)
     _run_flow("flows.train", "train_dpo_flow", out_dir=out, run_dir=run_dir, preferences=preferences, **cfg)
+
+
+@app.command()
+def loop(
+    run_dir: str = typer.Option("runs/loop", "--run-dir", help="Run directory of the loop (a re-run resumes it at the unfinished stage)."),
+    config: Optional[Path] = ConfigPath,
+    policy: Optional[str] = opt(LoopConfig, "policy", "--policy"),
+    prompts: Optional[str] = opt(LoopConfig, "prompts", "--prompts"),
+    iterations: Optional[int] = opt(LoopConfig, "iterations", "--iterations", "-k"),
+    labeler: Optional[str] = opt(LoopConfig, "labeler", "--labeler"),
+    gold: Optional[str] = opt(LoopConfig, "gold", "--gold"),
+    evaluator: Optional[str] = opt(LoopConfig, "evaluator", "--evaluator"),
+    method: Optional[str] = opt(LoopConfig, "method", "--method"),
+    compare: Optional[list[str]] = typer.Option(None, "--compare", help="NAME=RUN_DIR: another loop run shown side by side in the report (repeatable), e.g. the LLM-labelled control."),
+    set_: Optional[list[str]] = Sets,
+) -> None:
+    """Iterative online RLAIF: sample, label (LLM judge or reward model), DPO/GRPO, evaluate against the initial policy; K times."""
+    flags = _flags(LoopConfig, locals())
+    with _user_errors():
+        cfg = _config("loop", config, set_, flags)
+        pairs = dict(c.split("=", 1) for c in compare or [] if "=" in c)
+        if len(pairs) != len(compare or []):
+            raise ConfigError("--compare takes NAME=RUN_DIR, e.g. --compare control=runs/loop-llm")
+    _run_flow("flows.loop", "loop_flow", run_dir=run_dir, **cfg, compare=pairs or None)
 
 
 # aifeedback.export imports only the standard library and yaml at load, so --help stays fast

@@ -23,16 +23,26 @@ def label_flow(
     runner: str = "sequential",
     workers: int | None = None,
     ray_address: str | None = None,
+    labeler: str | None = None,
+    gold: str | None = None,
 ) -> dict:
     """Label every pair (both orders by default); re-runs compute only missing batches.
 
     ``runner``: sequential (in this process), threads, or ray (each batch a task on a
     Ray worker that loads the model once and writes its own shards; ``workers`` CPUs
     of a local cluster, or the cluster at ``ray_address``). Labels do not depend on it.
+    ``labeler`` "rm:PATH": a reward model labels the pairs (labelers/rm_labeler.py), its
+    temperature fitted on ``gold`` when given, else the config's ``temperature``.
     """
     cfg = build_config(LabelConfig, config_path, overrides)
     store = RunStore(run_dir)
-    job = LabelJob(cfg)
+    if labeler and labeler != "llm":
+        from labelers.rm_labeler import rm_label_job
+
+        job = rm_label_job(labeler, cfg, gold)
+        print(f"reward model labeler {job.model_id()}, temperature {job.temperature:.4g}" + (f" (fitted on {gold})" if gold else ""))
+    else:
+        job = LabelJob(cfg)
     pairs = iter_pairs(cfg) if cfg.input else pairs_from_responses(store, cfg.limit)
     store.write_json("configs/label.json", cfg.model_dump(mode="json"))
     summary = execute_stage(
@@ -43,7 +53,7 @@ def label_flow(
         max_batches=max_batches,
         task_runner=make_task_runner(runner, workers, ray_address),
         max_in_flight=2 * (workers or os.cpu_count() or 1),
-        extra_manifest={"derive": job.derivation(), "template": job.template.model_dump(), "constitution_id": job.constitution.id if job.constitution else None, "constitution_version": job.constitution_version},
+        extra_manifest={"derive": job.derivation(), **job.manifest_info()} if hasattr(job, "manifest_info") else {"derive": job.derivation(), "template": job.template.model_dump(), "constitution_id": job.constitution.id if job.constitution else None, "constitution_version": job.constitution_version},
     )
     ranks_path = store.root / "labels_rankings.parquet"
     if summary["complete"]:

@@ -23,3 +23,7 @@ class RewardConfig(StrictModel):
     max_length: int = Field(256, ge=16, description="Tokens per (prompt, response) input; longer inputs lose tokens from the longer of prompt and response first.")
     seed: int = Field(0, ge=0, description="Seeds the split, the shuffling and the head initialisation.")
     eval_fraction: float = Field(0.2, ge=0, lt=1, description="Share of pairs with a human label held out for evaluation.")
+    length_head: bool = Field(False, description="ODIN (Chen et al. 2024): a second head trained jointly to absorb response length (its reward correlates with length, the quality head's does not); only the quality head scores at inference.")
+    length_weight: float = Field(1.0, ge=0, description="length_head: weight of the correlation terms |corr(r_quality, length)| - corr(r_length, length) added to the pairwise loss.")
+    length_balance: bool = Field(False, description="Weight training pairs so that pairs won by the longer response and pairs won by the shorter one count equally in the loss.")
+    early_stopping: bool = Field(False, description="After each epoch, score the gold slice (pairs with a human label passed as gold rows) and keep the weights of the best epoch.")

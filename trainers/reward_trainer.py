@@ -3,6 +3,14 @@
 r(prompt, response) is a sequence-classification model with one output. For a
 pair with soft label p = P(A > B) the loss is BCE(sigmoid(r_A - r_B), p); the
 hard-label baseline uses -log sigmoid(r_winner - r_loser - margin).
+
+Against length bias (a labeler that prefers longer answers teaches the RM to count
+tokens): ``length_head`` adds ODIN's second output, trained jointly so that the
+pairwise loss sees r_quality + r_length while |corr(r_quality, log length)| is
+penalised and corr(r_length, log length) rewarded; only output 0 (quality) is the
+reward afterwards. ``length_balance`` weights pairs so that longer-won and
+shorter-won pairs count equally; ``early_stopping`` keeps the best epoch on a gold
+slice with human labels.
 """
 
 from __future__ import annotations
@@ -20,17 +28,47 @@ from aifeedback.preference import winner
 from .reward_config import RewardConfig
 
 
-def soft_bt_loss(r_a, r_b, p_a):
-    """BCE(sigmoid(r_A - r_B), p(A > B)), averaged over the batch."""
+def soft_bt_loss(r_a, r_b, p_a, weight=None):
+    """BCE(sigmoid(r_A - r_B), p(A > B)), averaged over the batch (weighted when ``weight`` is given)."""
     import torch.nn.functional as F
 
-    return F.binary_cross_entropy_with_logits(r_a - r_b, p_a)
+    if weight is None:
+        return F.binary_cross_entropy_with_logits(r_a - r_b, p_a)
+    return (F.binary_cross_entropy_with_logits(r_a - r_b, p_a, reduction="none") * weight).sum() / weight.sum()
 
 
-def hard_bt_loss(r_w, r_l, margin: float = 0.0):
+def hard_bt_loss(r_w, r_l, margin: float = 0.0, weight=None):
     import torch.nn.functional as F
 
-    return -F.logsigmoid(r_w - r_l - margin).mean()
+    loss = -F.logsigmoid(r_w - r_l - margin)
+    return loss.mean() if weight is None else (loss * weight).sum() / weight.sum()
+
+
+def pearson(x, y):
+    """Pearson correlation of two 1-d tensors (0 when either is constant)."""
+    xc, yc = x - x.mean(), y - y.mean()
+    return (xc * yc).sum() / (xc.norm() * yc.norm() + 1e-8)
+
+
+def longer_side(row: dict) -> str | None:
+    a, b = len(row["response_a"]), len(row["response_b"])
+    return None if a == b else ("A" if a > b else "B")
+
+
+def balance_weights(rows: list[dict]) -> list[float]:
+    """Per-pair weights under which pairs won by the longer response and by the shorter one weigh the same in total.
+
+    A pair's side is its soft label's (p_a > 0.5: A); ties and equal lengths weigh 1.
+    """
+    side = []
+    for r in rows:
+        p, lng = float(r["p_a"]), longer_side(r)
+        side.append(None if lng is None or p == 0.5 else ("longer" if (p > 0.5) == (lng == "A") else "shorter"))
+    n = {k: side.count(k) for k in ("longer", "shorter")}
+    if not n["longer"] or not n["shorter"]:
+        return [1.0] * len(rows)
+    total = n["longer"] + n["shorter"]
+    return [1.0 if s is None else total / (2 * n[s]) for s in side]
 
 
 def prompt_text(messages: list[dict]) -> str:
@@ -65,6 +103,8 @@ class RewardResult:
     n_eval: int = 0
     dropped: dict = field(default_factory=dict)
     seconds: float = 0.0
+    gold_curve: list[float] = field(default_factory=list)  # early_stopping: gold accuracy after each epoch
+    best_epoch: int | None = None
 
 
 class RewardTrainer:
@@ -79,50 +119,89 @@ class RewardTrainer:
 
             path = resolve(cfg.backbone).path
             tokenizer = AutoTokenizer.from_pretrained(path)
-            model = AutoModelForSequenceClassification.from_pretrained(path, num_labels=1)
+            model = AutoModelForSequenceClassification.from_pretrained(path, num_labels=2 if cfg.length_head else 1)
         self.model, self.tok = model, tokenizer
         if self.model.config.pad_token_id is None and self.tok.pad_token_id is not None:
             self.model.config.pad_token_id = self.tok.pad_token_id
 
-    def rewards(self, prompts: list[str], responses: list[str]):
+    def outputs(self, prompts: list[str], responses: list[str]):
+        """All heads: shape (n, 1), or (n, 2) with the ODIN length head (column 0 is quality)."""
         enc = self.tok(prompts, responses, truncation="longest_first", max_length=self.cfg.max_length, padding=True, return_tensors="pt")
-        return self.model(**enc).logits.squeeze(-1)
+        return self.model(**enc).logits
 
-    def train(self, rows: list[dict], eval_rows: list[dict] | None = None) -> RewardResult:
+    def rewards(self, prompts: list[str], responses: list[str]):
+        """The reward: the quality head (output 0)."""
+        return self.outputs(prompts, responses)[:, 0]
+
+    def _log_lengths(self, responses: list[str]):
+        import torch
+
+        return torch.tensor([math.log1p(len(ids)) for ids in self.tok(responses, add_special_tokens=False)["input_ids"]], dtype=torch.float32)
+
+    def _batch_loss(self, batch: list[dict], weight):
+        import torch
+
+        cfg = self.cfg
+        prompts = [prompt_text(r["messages"]) for r in batch]
+        out_a = self.outputs(prompts, [r["response_a"] for r in batch])
+        out_b = self.outputs(prompts, [r["response_b"] for r in batch])
+        odin = cfg.length_head and out_a.shape[-1] > 1
+        r_a, r_b = (out_a[:, 0] + out_a[:, 1], out_b[:, 0] + out_b[:, 1]) if odin else (out_a[:, 0], out_b[:, 0])
+        if cfg.labels == "soft":
+            loss = soft_bt_loss(r_a, r_b, torch.tensor([float(r["p_a"]) for r in batch]), weight)
+        else:
+            a_wins = torch.tensor([winner_of(r) == "A" for r in batch])  # hard label: the one definition
+            loss = hard_bt_loss(torch.where(a_wins, r_a, r_b), torch.where(a_wins, r_b, r_a), cfg.margin, weight)
+        if odin and len(batch) > 1:
+            lengths = torch.cat([self._log_lengths([r["response_a"] for r in batch]), self._log_lengths([r["response_b"] for r in batch])])
+            q, ln = torch.cat([out_a[:, 0], out_b[:, 0]]), torch.cat([out_a[:, 1], out_b[:, 1]])
+            loss = loss + cfg.length_weight * (pearson(q, lengths).abs() - pearson(ln, lengths))
+        return loss
+
+    def train(self, rows: list[dict], eval_rows: list[dict] | None = None, gold_rows: list[dict] | None = None) -> RewardResult:
+        """Train on ``rows``; ``eval_rows`` (human labels) give the held-out accuracy, ``gold_rows`` pick the epoch with ``early_stopping``."""
+        import copy
+
         import torch
 
         cfg = self.cfg
         kept, dropped = select_pairs(rows, cfg)
         if not kept:
             raise InputError(f"no training pairs left after filtering ({dropped}); lower min_confidence or keep inconsistent pairs (--set exclude_inconsistent=false)")
+        if cfg.early_stopping and not [r for r in gold_rows or [] if r.get("human") in ("A", "B")]:
+            raise InputError("early_stopping needs gold rows with a human label A or B (pass gold_rows), or set early_stopping=false")
         res = RewardResult(n_train=len(kept), dropped=dropped)
+        weights = balance_weights(kept) if cfg.length_balance else None
         opt = torch.optim.AdamW(self.model.parameters(), lr=cfg.lr)
         rng = random.Random(cfg.seed)
         t0 = time.perf_counter()
         self.model.train()
         step = 0
-        for _ in range(cfg.epochs):
+        best = (-1.0, None, 0)
+        for epoch in range(cfg.epochs):
             order = list(range(len(kept)))
             rng.shuffle(order)
             for s in range(0, len(order), cfg.batch_size):
-                batch = [kept[i] for i in order[s : s + cfg.batch_size]]
-                prompts = [prompt_text(r["messages"]) for r in batch]
-                r_a = self.rewards(prompts, [r["response_a"] for r in batch])
-                r_b = self.rewards(prompts, [r["response_b"] for r in batch])
-                if cfg.labels == "soft":
-                    loss = soft_bt_loss(r_a, r_b, torch.tensor([float(r["p_a"]) for r in batch]))
-                else:
-                    a_wins = torch.tensor([winner_of(r) == "A" for r in batch])  # hard label: the one definition
-                    loss = hard_bt_loss(torch.where(a_wins, r_a, r_b), torch.where(a_wins, r_b, r_a), cfg.margin)
+                idx = order[s : s + cfg.batch_size]
+                w = torch.tensor([weights[i] for i in idx]) if weights else None
+                loss = self._batch_loss([kept[i] for i in idx], w)
                 opt.zero_grad()
                 loss.backward()
                 opt.step()
-                res.losses.append(float(loss))
+                res.losses.append(float(loss.detach()))
                 step += 1
                 if cfg.max_steps and step >= cfg.max_steps:
                     break
+            if cfg.early_stopping:
+                acc = self.accuracy(gold_rows)
+                res.gold_curve.append(acc)
+                if acc > best[0]:
+                    best = (acc, copy.deepcopy(self.model.state_dict()), epoch + 1)
             if cfg.max_steps and step >= cfg.max_steps:
                 break
+        if cfg.early_stopping and best[1] is not None:
+            self.model.load_state_dict(best[1])
+            res.best_epoch = best[2]
         res.seconds = time.perf_counter() - t0
         if eval_rows:
             res.eval_accuracy, res.n_eval = self.accuracy(eval_rows), len([r for r in eval_rows if r.get("human") in ("A", "B")])
@@ -157,7 +236,7 @@ class RewardTrainer:
         out.mkdir(parents=True, exist_ok=True)
         self.model.save_pretrained(out)
         self.tok.save_pretrained(out)
-        (out / "aifeedback_reward_config.json").write_text(self.cfg.model_dump_json(indent=2))
+        (out / "aifeedback_reward_config.json").write_text(self.cfg.model_dump_json(indent=2))  # labelers.rm_labeler reads length_head from it
         card = [
             "---",
             "library_name: transformers",
@@ -166,6 +245,7 @@ class RewardTrainer:
             f"# Reward model (distilled RLAIF, {self.cfg.labels} labels)",
             "",
             f"- backbone: `{self.cfg.backbone}`",
+            f"- reward: output 0 of {self.model.config.num_labels}" + (" (ODIN: output 1 is the length head, dropped at inference)" if self.cfg.length_head else ""),
             f"- loss: {'BCE(sigmoid(r_A - r_B), p(A>B)) on AI soft labels' if self.cfg.labels == 'soft' else f'-log sigmoid(r_w - r_l - {self.cfg.margin}) on hard labels'}",
             f"- training pairs: {result.n_train} (dropped: {result.dropped})",
             f"- held-out human-label accuracy: {result.eval_accuracy if result.eval_accuracy is not None else 'n/a'} on {result.n_eval} pairs",

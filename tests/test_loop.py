@@ -1,0 +1,181 @@
+"""`aifeedback loop` end to end on a tiny Llama (from a config, SmolLM2 tokenizer) and tiny reward models; resume after kill -9."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def tiny_policy(path: Path) -> Path:
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    from aifeedback.models import resolve
+
+    tok = AutoTokenizer.from_pretrained(resolve("embedded/smollm2-135m-instruct").path)
+    cfg = LlamaConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=512, pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id)
+    torch.manual_seed(0)
+    LlamaForCausalLM(cfg).save_pretrained(path)
+    tok.save_pretrained(path)
+    return path
+
+
+def tiny_rm(path: Path, seed: int = 0, length_head: bool = False) -> Path:
+    """A tiny BERT reward model trained a few steps (prefers the longer, kinder answer) and saved as `aifeedback train-rm` saves it."""
+    from transformers import AutoTokenizer, BertConfig, BertForSequenceClassification
+
+    from aifeedback.models import minilm_dir
+    from trainers.reward_config import RewardConfig
+    from trainers.reward_trainer import RewardTrainer
+
+    tok = AutoTokenizer.from_pretrained(minilm_dir())
+    torch.manual_seed(seed)
+    model = BertForSequenceClassification(BertConfig(vocab_size=tok.vocab_size, hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64, num_labels=2 if length_head else 1, max_position_embeddings=128))
+    rows = [
+        {"pair_id": str(i), "messages": [{"role": "user", "content": f"q {i}"}], "response_a": "Sure, a kind and full answer." if i % 2 else "No.", "response_b": "No." if i % 2 else "Sure, a kind and full answer.", "p_a": 1.0 if i % 2 else 0.0, "human": "A" if i % 2 else "B"}
+        for i in range(16)
+    ]
+    tr = RewardTrainer(RewardConfig(epochs=2, lr=1e-3, batch_size=8, max_length=64, seed=seed, length_head=length_head), model, tok)
+    return tr.save(path, tr.train(rows))
+
+
+@pytest.fixture(scope="module")
+def tiny_world(tmp_path_factory):
+    d = tmp_path_factory.mktemp("loopworld")
+    prompts = d / "prompts.jsonl"
+    prompts.write_text("".join(json.dumps({"prompt": f"Write one short sentence about topic number {i}."}) + "\n" for i in range(10)))
+    gold = d / "gold.jsonl"
+    gold.write_text("".join(json.dumps({"prompt": f"q {i}", "response_a": "Sure, a kind and full answer." if i % 2 else "No.", "response_b": "No." if i % 2 else "Sure, a kind and full answer.", "human": "A" if i % 2 else "B"}) + "\n" for i in range(12)))
+    return {"policy": tiny_policy(d / "policy"), "labeler": tiny_rm(d / "rm_labeler", 0), "evaluator": tiny_rm(d / "rm_evaluator", 1), "prompts": prompts, "gold": gold, "dir": d}
+
+
+def loop_sets(w: dict, **extra) -> list[str]:
+    sets = {
+        "policy": w["policy"], "prompts": w["prompts"], "n_train_prompts": 4, "n_eval_prompts": 4, "iterations": 2, "n_responses": 2, "max_new_tokens": 8,
+        "gen_batch_size": 8, "labeler": f"rm:{w['labeler']}", "gold": w["gold"], "evaluator": w["evaluator"], "batch_size": 2, "max_length": 64, "lr": 1e-3, "n_boot": 200, "label.tie_margin": 0.0, **extra,
+    }
+    out = []
+    for k, v in sets.items():
+        out += ["--set", f"{k}={v}"]
+    return out
+
+
+def _cli(args: list[str], **kw) -> subprocess.Popen:
+    env = {**os.environ, "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "120"}
+    return subprocess.Popen([sys.executable, "-m", "flows.cli", *args], cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, **kw)
+
+
+def test_two_iterations_end_to_end_then_kill_during_iteration_2_training_redoes_only_that_stage(tiny_world, tmp_path):
+    from aifeedback.store import RunStore
+    from trainers.loop import STAGES, events, iter_dir, marker
+
+    run = tmp_path / "loop"
+    t0 = time.time()
+    p = _cli(["loop", "--run-dir", str(run), *loop_sets(tiny_world)], start_new_session=True)
+    killed = False
+    while p.poll() is None:  # kill -9 as soon as iteration 2's preference step has started
+        if (iter_dir(run, 2) / "_stages" / "train.started").is_file() and not marker(run, 2, "train").is_file():
+            time.sleep(0.3)
+            os.killpg(p.pid, signal.SIGKILL)
+            killed = True
+            break
+        time.sleep(0.05)
+    out = p.communicate()[0]
+    assert killed, f"iteration 2's training never started (or finished before the kill):\n{out[-3000:]}"
+    assert marker(run, 1, "eval").is_file() and marker(run, 2, "label").is_file() and not marker(run, 2, "train").is_file()
+    before = {(k, s): marker(run, k, s).stat().st_mtime_ns for k in (1, 2) for s in STAGES if marker(run, k, s).is_file()}
+    n_events = len(events(run))
+
+    p = _cli(["loop", "--run-dir", str(run), *loop_sets(tiny_world)])
+    out = p.communicate()[0]
+    assert p.returncode == 0, out[-4000:]
+    assert time.time() - t0 < 180 + 60, "two tiny iterations (plus a resume) should take well under the 3 minutes the issue allows"
+
+    # the re-run redid only iteration 2's train stage (and then ran its eval, which had not started)
+    rerun = events(run)[n_events:]
+    ran = [(e["iteration"], e["stage"]) for e in rerun if e["event"] == "started"]
+    skipped = [(e["iteration"], e["stage"]) for e in rerun if e["event"] == "skipped"]
+    assert ran == [(2, "train"), (2, "eval")]
+    assert sorted(skipped) == sorted([(1, s) for s in STAGES] + [(2, "sample"), (2, "label")])
+    assert all(marker(run, k, s).stat().st_mtime_ns == t for (k, s), t in before.items())
+
+    # every iteration's artefacts: responses, labels (readable like any label run), checkpoint, evaluation
+    for k in (1, 2):
+        d = iter_dir(run, k)
+        store = RunStore(d)
+        resp = store.read_table("responses").to_pylist()
+        assert len(resp) == 4 * 2
+        labels = store.read_table("labels").to_pylist()
+        assert len(labels) == 4  # one pair per prompt with n = 2
+        assert all(r["prob_source"] == "reward_model:position_free" and r["p_ab"] == r["p_ba"] and r["consistent"] for r in labels)
+        assert (d / "policy" / "config.json").is_file() and (d / "eval.parquet").is_file()
+        ev = json.loads(marker(run, k, "eval").read_text())
+        assert 0 <= ev["win_rate_ci"][0] <= ev["win_rate"] <= ev["win_rate_ci"][1] <= 1 and ev["n"] == 4 * 2
+        assert ev["kl_to_initial"] == pytest.approx(ev["kl_to_initial"]) and ev["kl_to_initial"] > -1.0  # an estimate: may be slightly negative
+    assert (iter_dir(run, 2) / "policy").resolve() != (iter_dir(run, 1) / "policy").resolve()
+    assert json.loads(marker(run, 2, "sample").read_text())["policy"] == str(iter_dir(run, 1) / "policy")  # iteration 2 starts from iteration 1's policy
+    report = json.loads((run / "report.json").read_text())
+    (name,) = report
+    assert [it["iteration"] for it in report[name]["iterations"]] == [1, 2]
+    html = (run / "report.html").read_text()
+    assert html.count("<svg") == 4 and "length-controlled" in html
+    T = json.loads((run / "labeler_temperature.json").read_text())
+    assert T["n_gold"] == 12 and T["temperature"] > 0
+    assert labels[0]["p_a"] == pytest.approx(1 / (1 + __import__("math").exp(-(json.loads(labels[0]["raw"])["r_a"] - json.loads(labels[0]["raw"])["r_b"]) / T["temperature"])), rel=1e-9)
+
+
+def test_win_stats_by_hand():
+    from trainers.loop import logistic_fit, win_stats
+
+    base = [{"prompt_id": f"p{i}", "sample_index": 0, "reward": 0.0, "tokens": 10} for i in range(6)]
+    new = [{"prompt_id": f"p{i}", "sample_index": 0, "reward": r, "tokens": 10} for i, r in enumerate([1, 1, 1, -1, 0, 1])]
+    s = win_stats(new, base, 200, 0)
+    assert s["win_rate"] == pytest.approx((4 + 0.5) / 6)
+    assert s["lc_win_rate"] == pytest.approx(4.5 / 6, abs=1e-3)  # equal lengths: the length term has nothing to explain
+    assert s["win_rate_ci"][0] <= s["win_rate"] <= s["win_rate_ci"][1]
+    # wins follow length: 30 of 40 pairs are longer (win 80% of those), 10 shorter (win 20%): raw win rate 65%,
+    # but at equal length the fitted rate is ~1/2 (by symmetry of the two groups around dlen = 0)
+    base = [{"prompt_id": f"p{i}", "sample_index": 0, "reward": 0.0, "tokens": 20} for i in range(40)]
+    new = []
+    for i in range(40):
+        longer = i < 30
+        won = (i % 5 != 0) if longer else (i % 5 == 0)
+        new.append({"prompt_id": f"p{i}", "sample_index": 0, "reward": 1.0 if won else -1.0, "tokens": 30 if longer else 10})
+    s = win_stats(new, base, 200, 0)
+    assert s["win_rate"] == pytest.approx((24 + 2) / 40) and s["lc_win_rate"] == pytest.approx(0.5, abs=0.02)
+    assert s["mean_tokens_new"] == pytest.approx(25.0) and s["mean_tokens_initial"] == 20
+    t0, t1 = logistic_fit([0, 0, 1, 1], [0, 1, 1, 1])
+    assert 1 / (1 + __import__("math").exp(-t0)) == pytest.approx(0.5, abs=1e-2) and t1 > 0
+
+
+def test_bad_inputs_are_clear_messages(tiny_world, tmp_path):
+    from pydantic import ValidationError
+
+    from aifeedback.errors import InputError
+    from trainers.loop import INDEPENDENCE_WARNING, check_inputs
+    from trainers.loop_config import LoopConfig
+
+    with pytest.raises(ValidationError, match="iterations must be at least 1"):
+        LoopConfig(iterations=0)
+    notrm = tmp_path / "notrm"
+    notrm.mkdir()
+    (notrm / "config.json").write_text(json.dumps({"architectures": ["LlamaForCausalLM"]}))
+    with pytest.raises(InputError, match="is not a reward model.*LlamaForCausalLM.*train-rm"):
+        check_inputs(LoopConfig(prompts=str(tiny_world["prompts"]), labeler=f"rm:{notrm}", evaluator=str(tiny_world["evaluator"])))
+    with pytest.raises(InputError, match="is not a reward model: it has no config.json"):
+        check_inputs(LoopConfig(prompts=str(tiny_world["prompts"]), evaluator=str(tmp_path)))
+    with pytest.warns(UserWarning, match="not independent"):
+        notes = check_inputs(LoopConfig(prompts=str(tiny_world["prompts"]), labeler=f"rm:{tiny_world['labeler']}", evaluator=str(tiny_world["labeler"])))
+    assert notes == [INDEPENDENCE_WARNING]
+    p = _cli(["loop", "--run-dir", str(tmp_path / "r"), "--set", "iterations=0", "--set", f"prompts={tiny_world['prompts']}"])
+    out = p.communicate()[0]
+    assert p.returncode == 2 and "iterations must be at least 1" in out, out[-2000:]

@@ -1,0 +1,113 @@
+"""The loop's report: win rate (with CI), length-controlled win rate, length and KL per iteration; HTML + JSON.
+
+Several runs (e.g. the RM-labelled loop and the LLM-labelled control) go side by side in one report.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+from pathlib import Path
+
+from .loop import STAGES, iter_dir, stage_done
+
+
+def collect(run: str | Path) -> dict:
+    run = Path(run)
+    cfg = json.loads((run / "loop_config.json").read_text()) if (run / "loop_config.json").is_file() else {}
+    its = []
+    k = 1
+    while iter_dir(run, k).is_dir():
+        stages = {s: stage_done(run, k, s) for s in STAGES}
+        its.append({"iteration": k, **{s: v for s, v in stages.items()}, "seconds": {s: (v or {}).get("seconds") for s, v in stages.items()}})
+        k += 1
+    base = json.loads((run / "baseline" / "info.json").read_text()) if (run / "baseline" / "info.json").is_file() else None
+    temp = json.loads((run / "labeler_temperature.json").read_text()) if (run / "labeler_temperature.json").is_file() else None
+    return {"run_dir": str(run), "config": cfg, "baseline": base, "labeler_temperature": temp, "iterations": its}
+
+
+def _svg(series: dict[str, list[tuple[int, float, float | None, float | None]]], title: str, y_label: str, ref: float | None = None) -> str:
+    """A small line chart: series name -> [(iteration, value, ci_lo, ci_hi)]."""
+    W, H, L, B = 420, 240, 50, 30
+    pts = [p for s in series.values() for p in s]
+    if not pts:
+        return f"<p>{html.escape(title)}: no finished iteration yet</p>"
+    xs = [p[0] for p in pts] + [0]
+    ys = [v for p in pts for v in (p[1], p[2], p[3]) if v is not None] + ([ref] if ref is not None else [])
+    x0, x1 = min(xs), max(max(xs), 1)
+    y0, y1 = min(ys), max(ys)
+    if y1 - y0 < 1e-9:
+        y0, y1 = y0 - 1, y1 + 1
+    pad = (y1 - y0) * 0.1
+    y0, y1 = y0 - pad, y1 + pad
+
+    def X(x):
+        return L + (x - x0) / (x1 - x0) * (W - L - 10)
+
+    def Y(y):
+        return H - B - (y - y0) / (y1 - y0) * (H - B - 20)
+
+    colors = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd"]
+    out = [f'<svg width="{W}" height="{H}" xmlns="http://www.w3.org/2000/svg"><text x="{W / 2}" y="14" text-anchor="middle" font-size="13">{html.escape(title)}</text>']
+    out.append(f'<line x1="{L}" y1="{H - B}" x2="{W - 10}" y2="{H - B}" stroke="#999"/><line x1="{L}" y1="20" x2="{L}" y2="{H - B}" stroke="#999"/>')
+    for t in range(x0, x1 + 1):
+        out.append(f'<text x="{X(t):.1f}" y="{H - B + 14}" font-size="10" text-anchor="middle">{t}</text>')
+    for f in (0, 0.5, 1):
+        v = y0 + f * (y1 - y0)
+        out.append(f'<text x="{L - 4}" y="{Y(v) + 3:.1f}" font-size="10" text-anchor="end">{v:.3g}</text>')
+    out.append(f'<text x="{W / 2}" y="{H - 2}" font-size="10" text-anchor="middle">iteration</text><text x="10" y="{H / 2}" font-size="10" transform="rotate(-90 10 {H / 2})" text-anchor="middle">{html.escape(y_label)}</text>')
+    if ref is not None:
+        out.append(f'<line x1="{L}" y1="{Y(ref):.1f}" x2="{W - 10}" y2="{Y(ref):.1f}" stroke="#aaa" stroke-dasharray="4 3"/>')
+    for i, (name, s) in enumerate(series.items()):
+        c = colors[i % len(colors)]
+        s = sorted(s)
+        out.append('<polyline fill="none" stroke="%s" stroke-width="2" points="%s"/>' % (c, " ".join(f"{X(p[0]):.1f},{Y(p[1]):.1f}" for p in s)))
+        for p in s:
+            out.append(f'<circle cx="{X(p[0]):.1f}" cy="{Y(p[1]):.1f}" r="3" fill="{c}"/>')
+            if p[2] is not None and p[3] is not None:
+                out.append(f'<line x1="{X(p[0]):.1f}" y1="{Y(p[2]):.1f}" x2="{X(p[0]):.1f}" y2="{Y(p[3]):.1f}" stroke="{c}"/>')
+        out.append(f'<text x="{L + 8}" y="{32 + 13 * i}" font-size="11" fill="{c}">{html.escape(name)}</text>')
+    out.append("</svg>")
+    return "".join(out)
+
+
+def _pct(v) -> str:
+    return "n/a" if v is None else f"{100 * v:.1f}%"
+
+
+def write_report(runs: dict[str, str | Path], out_dir: str | Path) -> dict:
+    """report.json and report.html in out_dir for one or more loop runs (name -> run dir)."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    data = {name: collect(path) for name, path in runs.items()}
+    win, lc, length, kl = {}, {}, {}, {}
+    for name, d in data.items():
+        ev = [(it["iteration"], it["eval"]) for it in d["iterations"] if it.get("eval")]
+        win[name] = [(k, e["win_rate"], *e["win_rate_ci"]) for k, e in ev]
+        lc[name] = [(k, e["lc_win_rate"], *e["lc_win_rate_ci"]) for k, e in ev]
+        length[name] = [(0, ev[0][1]["mean_tokens_initial"], None, None)] + [(k, e["mean_tokens_new"], None, None) for k, e in ev] if ev else []
+        kl[name] = [(k, e["kl_to_initial"], None, None) for k, e in ev]
+    (out_dir / "report.json").write_text(json.dumps(data, indent=2, default=str))
+    parts = ["<!doctype html><html><head><meta charset='utf-8'><title>aifeedback loop report</title><style>body{font-family:sans-serif;margin:2em}table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #ccc;padding:3px 7px;text-align:right}th{background:#eee}</style></head><body>"]
+    parts.append("<h1>Iterative RLAIF: the policy against its initial self</h1><p>Win rate: the evaluator reward model prefers the new policy's response to the initial policy's (same held-out prompt and sample index; ties count 1/2), 95% bootstrap CI over prompts. Length-controlled: the fitted win rate at equal length. KL: mean over held-out samples of log pi_new - log pi_initial at the sampling temperature.</p>")
+    parts.append("<div>" + _svg(win, "win rate vs initial policy", "win rate", 0.5) + _svg(lc, "length-controlled win rate", "LC win rate", 0.5) + _svg(length, "mean response length (tokens)", "tokens") + _svg(kl, "KL to the initial policy", "nats") + "</div>")
+    for name, d in data.items():
+        cfg = d["config"]
+        parts.append(f"<h2>{html.escape(name)}</h2><p>run <code>{html.escape(d['run_dir'])}</code>; labeler <code>{html.escape(str(cfg.get('labeler')))}</code>" + (f" (LLM: {html.escape(str(cfg.get('label', {}).get('backend', {}).get('model')))})" if cfg.get("labeler") == "llm" else "") + f"; evaluator <code>{html.escape(str(cfg.get('evaluator')))}</code>; method {cfg.get('method')}, beta {cfg.get('beta')}, lr {cfg.get('lr')}, {cfg.get('n_train_prompts')} train prompts x {cfg.get('n_responses')} responses, {cfg.get('n_eval_prompts')} held-out prompts x {cfg.get('eval_samples')} samples, max {cfg.get('max_new_tokens')} new tokens.</p>")
+        if d.get("labeler_temperature"):
+            t = d["labeler_temperature"]
+            parts.append(f"<p>Labeler temperature T = {t['temperature']:.3f} fitted on {t['n_gold']} gold pairs (gold accuracy {_pct(t.get('gold_accuracy'))}).</p>")
+        parts.append("<table><tr><th>iteration</th><th>win rate</th><th>95% CI</th><th>LC win rate</th><th>95% CI</th><th>tokens new / initial</th><th>KL</th><th>pairs labelled</th><th>labeler prefers longer</th><th>DPO pairs</th><th>s sample</th><th>s label</th><th>s train</th><th>s eval</th></tr>")
+        for it in d["iterations"]:
+            e, lab, tr = it.get("eval") or {}, it.get("label") or {}, it.get("train") or {}
+            sec = it["seconds"]
+            parts.append(
+                "<tr>" + "".join(f"<td>{c}</td>" for c in (
+                    it["iteration"], _pct(e.get("win_rate")), " - ".join(_pct(v) for v in e.get("win_rate_ci", [])), _pct(e.get("lc_win_rate")), " - ".join(_pct(v) for v in e.get("lc_win_rate_ci", [])),
+                    f"{e['mean_tokens_new']:.1f} / {e['mean_tokens_initial']:.1f}" if e else "", f"{e['kl_to_initial']:.3f}" if e else "", lab.get("n_labelled", ""), _pct(lab.get("labeler_prefers_longer")), tr.get("n_pairs", tr.get("steps", "")),
+                    *[("" if sec.get(s) is None else f"{sec[s]:.0f}") for s in STAGES])) + "</tr>"
+            )
+        parts.append("</table>")
+    parts.append("</body></html>")
+    (out_dir / "report.html").write_text("\n".join(parts))
+    return data
