@@ -43,7 +43,7 @@ def cached_backend(cfg: BackendConfig) -> Backend:
 
 @contextlib.contextmanager
 def backend_override(cfg: BackendConfig, backend: Backend):
-    """Within the block, :func:`cached_backend` hands out ``backend`` for ``cfg`` (a dry run: ``aifeedback estimate``)."""
+    """Within the block, :func:`cached_backend` hands out ``backend`` for ``cfg`` (a dry run: ``aifeedback estimate label``)."""
     key = cfg.model_dump_json()
     with _CREATE:
         before = _BACKENDS.get(key)

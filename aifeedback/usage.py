@@ -113,7 +113,7 @@ def summarise(stats: list[dict]) -> dict:
     recs = [s["usage"] for s in stats if s.get("usage")]
     out: dict[str, Any] = {k: sum(r[k] for r in recs) for k in TOKEN_KEYS}
     costs = [r["cost_usd"] for r in recs if r.get("cost_usd") is not None]
-    out["cost_usd"] = round(sum(costs), 6) if costs and len(costs) == len(recs) else None
+    out["cost_usd"] = round(sum(costs), 10) if costs and len(costs) == len(recs) else None
     out["tokens_exact"] = all(r.get("exact", True) for r in recs)
     settled = [r["concurrency"] for r in recs if r.get("concurrency") is not None]
     if settled:
@@ -152,7 +152,7 @@ def totals(run_root: str | Path) -> dict:
         if r.get("model") and r["model"] not in t["models"]:
             t["models"].append(r["model"])
     for t in by_stage.values():
-        t["cost_usd"] = round(t["cost_usd"], 6) if t.pop("priced") else None
+        t["cost_usd"] = round(t["cost_usd"], 10) if t.pop("priced") else None
     return by_stage
 
 

@@ -105,6 +105,10 @@ def _bounds(field) -> tuple[float | None, float | None]:
 def _other_value(name: str, field, current):
     """A valid value different from ``current``."""
     ann = field.annotation
+    if name == "prices":  # a price table must price the backend's model (the default one here)
+        from aifeedback.models import DEFAULT_POLICY
+
+        return {DEFAULT_POLICY: {"input": 1.0, "output": 2.0}}
     if typing.get_origin(ann) is dict:
         return {"other": 1}
     args = [a for a in typing.get_args(ann) if a is not type(None)] or [ann]  # X | None -> X
