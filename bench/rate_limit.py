@@ -40,6 +40,7 @@ def main() -> None:
     ap.add_argument("--k", type=int, default=2, help="the proxy answers 429 above K requests a second")
     ap.add_argument("--concurrency", type=int, default=16, help="max_concurrency (fixed: too high for K)")
     ap.add_argument("--estimate-pairs", type=int, default=40)
+    ap.add_argument("--no-rate", action="store_true", help="only the estimate part")
     a = ap.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="aif-rate-"))
     server = start_llama_server(tmp)
@@ -47,14 +48,15 @@ def main() -> None:
     try:
         src = _pairs_file(tmp / "pairs.jsonl", a.pairs)
         retry = {"max_retries": 10, "backoff_base_s": 0.2, "backoff_max_s": 2.0, "max_concurrency": a.concurrency}
-        for mode, adaptive in (("adaptive", True), ("fixed", False)):
+        for mode, adaptive in () if a.no_rate else (("adaptive", True), ("fixed", False)):
             proxy = FaultProxy(server.base_url, rate=0.0, slow_s=0.0, per_second=a.k).start()
             try:
                 s, dt = label(src, tmp / f"run-{mode}", proxy.port, {**retry, "adaptive_concurrency": adaptive})
             finally:
                 proxy.stop()
             out[mode] = {"seconds": round(dt, 1), "labelled": s["n_out"], "excluded": s["n_excluded"], "n_in": s["n_in"], "429s": proxy.injected["429"], "retries": s["retries"], "concurrency": s.get("concurrency"), "concurrency_min": s.get("concurrency_min")}
-        out["fixed_over_adaptive_wall_time"] = round(out["fixed"]["seconds"] / out["adaptive"]["seconds"], 2)
+        if not a.no_rate:
+            out["fixed_over_adaptive_wall_time"] = round(out["fixed"]["seconds"] / out["adaptive"]["seconds"], 2)
         hh = SHARED_DATA / "hh-rlhf" / "harmless-base" / "test.jsonl.gz"
         if a.estimate_pairs and hh.is_file():
             from labelers.human_data import hh_pairs
