@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 from prefect import flow
@@ -50,4 +51,7 @@ def agreement_flow(
         results.append(r)
     ceiling = human_ceiling(humans)
     paths = write_report(Path(out_dir), title, results, ceiling, {"human": f"{human_format}: {human}", "n_human_items": len(humans)})
+    # per-item human labels, for `aifeedback view` (sort by disagreement with the human label)
+    paths["human_labels"] = Path(out_dir) / "human_labels.json"
+    paths["human_labels"].write_text(json.dumps({"human": f"{human_format}: {human}", "labels": {k: v["human"] for k, v in humans.items()}}, indent=0))
     return {k: str(v) for k, v in paths.items()} | {"agreement": {r["judge"]: r["agreement"] for r in results}}

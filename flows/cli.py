@@ -659,19 +659,37 @@ def show_config(name: str = typer.Argument(..., help="Config class, e.g. LabelCo
 
 
 @app.command()
+def view(
+    run_dir: str = typer.Argument(..., help="A labelled run directory (its --run-dir)."),
+    out: Optional[str] = typer.Option(None, "--out", help="HTML file to write; default RUN_DIR/view.html."),
+    report: Optional[str] = typer.Option(None, "--report", help="Agreement report folder whose human labels the page shows; default: one in RUN_DIR or one folder below it."),
+) -> None:
+    """Write one self-contained HTML page of a run's labelled pairs and revision chains (opens from disk, offline)."""
+    from labelers.viewer import write_viewer
+
+    with _user_errors():
+        path, data = write_viewer(run_dir, out, report)
+    human = f", {data['n_human']} with a human label" if data["human_source"] else ""
+    console.print(f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB): {len(data['pairs'])} labelled pairs, {len(data['excluded'])} excluded, {len(data['chains'])} revision chains{human}")
+    console.print(f"open {path.as_uri()}", soft_wrap=True)
+
+
+@app.command()
 def demo(
     run_dir: str = typer.Option("runs/demo", "--run-dir", help="Where the demo run goes."),
     prompts: int = typer.Option(4, help="How many prompts from data/prompts."),
 ) -> None:
-    """Run the demo pipeline on the embedded default models and print where its outputs are."""
+    """The demo on the embedded models: generate, revise, label; agreement on a human gold slice; export; a viewer page."""
     with _user_errors():
-        from flows.demo import demo_flow
+        from flows.demo import demo_flow, show
 
         t0 = time.perf_counter()
         out = demo_flow(run_dir=run_dir, n_prompts=prompts)
-    console.print(f"\n[bold green]demo finished in {time.perf_counter() - t0:.0f} s[/]. Outputs:")
-    for k, v in out.items():
-        console.print(f"  {k}: {v}")
+        console.print(f"\n[bold green]demo pipeline finished in {time.perf_counter() - t0:.0f} s[/]. Outputs:")
+        for k, v in out.items():
+            console.print(f"  {k}: {v}", soft_wrap=True)
+        console.print()
+        show(out, console)
 
 
 def main() -> None:  # pragma: no cover
