@@ -59,8 +59,11 @@ def stage_command(stage: str) -> str:
     return f"aifeedback {STAGE_COMMANDS.get(stage, stage)}"
 
 
-def _table(rows: list[dict], schema: pa.Schema) -> pa.Table:
-    """Rows -> table, column by column (about 3x faster than ``from_pylist`` for nested columns)."""
+def _table(rows: list[dict] | pa.Table, schema: pa.Schema) -> pa.Table:
+    """Rows -> table, column by column (about 3x faster than ``from_pylist`` for nested columns).
+    A table (rows built as columns) is put in the schema's column order."""
+    if isinstance(rows, pa.Table):
+        return rows.select(schema.names).cast(schema)
     return pa.Table.from_pydict({f.name: [r.get(f.name) for r in rows] for f in schema}, schema=schema)
 
 
@@ -160,7 +163,7 @@ class RunStore:
             Path(tmp).unlink(missing_ok=True)
             raise
 
-    def write_batch(self, stage: str, key: str, rows: list[dict], schema: pa.Schema, excluded: list[dict] | None = None) -> None:
+    def write_batch(self, stage: str, key: str, rows: list[dict] | pa.Table, schema: pa.Schema, excluded: list[dict] | None = None) -> None:
         """Write one batch atomically: exclusions first, then rows (whose file marks the batch done)."""
         ex = [dict(e, batch_key=key) for e in (excluded or [])]
         self._atomic_write_table(_table(ex, EXCLUSIONS), self.excluded_path(stage, key))

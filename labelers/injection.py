@@ -29,9 +29,13 @@ PATTERNS: dict[str, re.Pattern] = {
 }
 
 
+# All patterns in one: a text that matches none of them (nearly every text) costs one search, not six.
+_ANY = re.compile("|".join(f"(?{'m' if rx.flags & re.M else ''}i:{rx.pattern})" for rx in PATTERNS.values()))
+
+
 def injection_flags(text: str | None) -> list[str]:
     """Names of the patterns a text matches (empty when none)."""
-    if not text:
+    if not text or _ANY.search(text) is None:
         return []
     return [name for name, rx in PATTERNS.items() if rx.search(text)]
 

@@ -7,6 +7,8 @@ import itertools
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
+import pyarrow as pa
+
 from aifeedback.config import LabelConfig
 from aifeedback.constitution import Constitution, load_constitution
 from aifeedback.errors import InputError
@@ -133,15 +135,20 @@ class LabelJob:
     def template_version(self) -> str:
         return self.template.full_version
 
-    def compute(self, items: list[dict], key: str) -> tuple[list[dict], list[dict], dict]:
+    def compute(self, items: list[dict], key: str) -> tuple[pa.Table, list[dict], dict]:
+        """Label one batch: the stored columns as an Arrow table (with ``__item__``, the pair ids), exclusions, stats."""
         from aifeedback.config import config_hash
 
         backend = cached_backend(self.cfg.backend)
         labeler = Labeler(backend, self.cfg, self.template, self.constitution)
-        rows, excluded = labeler.label(items, key, self.cfg.backend.model, self.constitution_version, derived=False)  # the store derives on read
-        chash = config_hash(self.key_config())
-        for r in rows:
-            r["__item__"] = r["pair_id"]
-            r["config_hash"] = chash
-            r["batch_key"] = key
-        return rows, excluded, {"model_calls": labeler.calls, "retries": labeler.retries, "model_s": labeler.model_seconds}
+        cols, excluded = labeler.label_columns(items, self.cfg.backend.model, self.constitution_version)  # the store derives on read
+        n = len(cols["pair_id"])
+        cols["config_hash"] = [config_hash(self.key_config())] * n
+        cols["batch_key"] = [key] * n
+        cols["__item__"] = cols["pair_id"]
+        table = pa.Table.from_pydict(cols, schema=_COMPUTED)
+        return table, excluded, {"model_calls": labeler.calls, "retries": labeler.retries, "model_s": labeler.model_seconds}
+
+
+# What LabelJob.compute returns: the stored columns but item_key (the stage adds it), and the item ids.
+_COMPUTED = pa.schema([f for f in LABEL_OUTPUTS if f.name != "item_key"] + [pa.field("__item__", pa.string())])

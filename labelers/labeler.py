@@ -128,9 +128,33 @@ class Labeler:
         return [sum(r[k] for r in res) / len(res) for k in range(len(cands))]
 
     # labelling ------------------------------------------------------------------
+    # The stored columns, in LABEL_OUTPUTS order (item_key is added by the stage).
+    COLUMNS = (
+        "pair_id", "prompt_id", "messages", "response_a", "response_b", "mode", "option_probs", "candidates", "orders",
+        "principle_ids", "rationale", "prob_source", "retries", "injection_flags", "truncated", "raw", "labeler_model",
+        "backend", "template", "template_version", "constitution_id", "constitution_version", "seed",
+    )
+
     def label(self, pairs: list[dict], key: str, labeler_id: str, constitution_version: str | None, derived: bool = True) -> tuple[list[dict], list[dict]]:
         """Label rows and exclusions. With ``derived`` (direct callers) each row also has p_a, the hard label and
         the rest, under this labeler's settings; the run store keeps only the model outputs and derives on read."""
+        cols, excluded = self.label_columns(pairs, labeler_id, constitution_version)
+        names = list(cols)
+        rows = [dict(zip(names, vals)) for vals in zip(*cols.values())]
+        if derived:
+            rows = [{**row, **derive(row, self._derivation)} for row in rows]
+        return rows, excluded
+
+    def label_columns(self, pairs: list[dict], labeler_id: str, constitution_version: str | None) -> tuple[dict[str, list], list[dict]]:
+        """The stored label rows as columns (one list per column of :attr:`COLUMNS`), and the exclusions.
+
+        Built column by column: a batch of pairs becomes one list of scoring prompts and one
+        backend call; no per-row dict is made (the run store writes the columns as they are).
+        A row stores option probabilities per order and principle, and provenance; p(A>B), the
+        hard label, confidence and consistency are derived from ``option_probs`` when the labels
+        are read (aifeedback/preference.py), so tie_margin, temperature and cot_clamp never cost
+        a model call.
+        """
         cfg, tpl = self.cfg, self.template
         prepared, excluded = [], []
         for pair in pairs:
@@ -150,10 +174,10 @@ class Labeler:
             self.retries += sum(g.retries for g in gen)
             for slot, g in zip(slots, gen):
                 rationales[slot] = g.completions[0].text if g.error is None else None
-        prompts: list[ScoringPrompt] = []
-        for slot in slots:
-            i, pi, o = slot
-            prompts.append(tpl.prompt(self._sample_fields(prepared[i].fields, o), prepared[i].principles[pi][1], cfg.few_shot, rationales.get(slot) if cfg.cot else None))
+        if cfg.cot:
+            prompts = [tpl.prompt(self._sample_fields(prepared[i].fields, o), prepared[i].principles[pi][1], cfg.few_shot, rationales.get((i, pi, o))) for i, pi, o in slots]
+        else:
+            prompts = tpl.prompts([prepared[i].fields for i, _, _ in slots], [o for _, _, o in slots], [prepared[i].principles[pi][1] for i, pi, _ in slots], cfg.few_shot)
         t = time.perf_counter()
         results = self.backend.choice_probs(prompts, tpl.candidates) if prompts else []
         self.calls += 1 if prompts else 0
@@ -163,61 +187,56 @@ class Labeler:
             for q in {prepared[i].principles[pi][1] for i, pi, _ in slots}:
                 priors[q] = self._content_free_prior(q)
         self.model_seconds += time.perf_counter() - t
-        by_pair: dict[int, list] = {}
-        for slot, res in zip(slots, results):
-            by_pair.setdefault(slot[0], []).append((slot, res))
-        rows = []
+        cols: dict[str, list] = {c: [] for c in self.COLUMNS}
+        (c_pair, c_prompt, c_msgs, c_a, c_b, c_probs, c_orders, c_pids, c_rat, c_src, c_retries, c_flags, c_trunc, c_raw) = (
+            cols[c] for c in ("pair_id", "prompt_id", "messages", "response_a", "response_b", "option_probs", "orders", "principle_ids", "rationale", "prob_source", "retries", "injection_flags", "truncated", "raw")
+        )
+        pairwise, calibrated, cot = cfg.method == "pairwise", cfg.calibrate, cfg.cot
+        pos = 0  # slots are grouped by pair, in pair order
         for i, p in enumerate(prepared):
-            entries = by_pair.get(i, [])
+            n = len(p.principles) * len(p.orders)
+            entries = list(zip(slots[pos : pos + n], results[pos : pos + n]))
+            pos += n
             bad = [r for _, r in entries if r.probs is None]
-            if bad or (cfg.cot and any(rationales.get(s) is None for s, _ in entries)):
+            if bad or (cot and any(rationales.get(s) is None for s, _ in entries)):
                 err = bad[0] if bad else None
                 detail = (err.error if err else "rationale generation failed") or "no probabilities"
                 reason = "unparseable" if err is not None and err.source == "unparseable" else "backend_error"
                 excluded.append(exclusion(p.pair["pair_id"], "labels", reason, f"{detail} (retries: {sum(r.retries for _, r in entries)})", err.raw if err else None))
                 continue
-            row = self._row(p, entries, priors, rationales, key, labeler_id, constitution_version)
-            rows.append({**row, **derive(row, self._derivation)} if derived else row)
-        return rows, excluded
-
-    def _row(self, p: Prepared, entries, priors, rationales, key: str, labeler_id: str, constitution_version: str | None) -> dict:
-        """The stored row: option probabilities per order and principle, and provenance.
-
-        p(A>B), the hard label, confidence and consistency are derived from ``option_probs``
-        when the labels are read (aifeedback/preference.py), so tie_margin, temperature and
-        cot_clamp never cost a model call.
-        """
-        cfg, tpl = self.cfg, self.template
-        raw_texts, option_probs = [], []
-        sources = {r.source for _, r in entries}
-        for (i, pi, o), r in entries:
-            probs = r.probs
-            prior = priors.get(None if cfg.method == "pointwise" else p.principles[pi][1])
-            if cfg.calibrate and prior:
-                probs = calibrate(probs, prior)
-            option_probs.append({"order": o, "principle_id": p.principles[pi][0], "probs": list(probs)})
-            if r.raw and cfg.method == "pairwise":
-                raw_texts.append(f"{o}:{r.raw}")
-        rationale = None
-        if cfg.cot:
-            rationale = "\n---\n".join(f"[{o}{'' if p.principles[pi][0] is None else ' ' + p.principles[pi][0]}] {rationales[(i, pi, o)]}" for (i, pi, o), _ in entries)
-        return {
-            "pair_id": p.pair["pair_id"],
-            "prompt_id": p.pair.get("prompt_id"),
-            "messages": p.pair["messages"],
-            "response_a": p.pair["response_a"],
-            "response_b": p.pair["response_b"],
+            option_probs, raw_texts, parsed, retries = [], [], False, 0
+            for (_, pi, o), r in entries:
+                probs = r.probs
+                if calibrated:
+                    prior = priors.get(p.principles[pi][1] if pairwise else None)
+                    if prior:
+                        probs = calibrate(probs, prior)
+                option_probs.append({"order": o, "principle_id": p.principles[pi][0], "probs": list(probs)})
+                if r.raw and pairwise:
+                    raw_texts.append(f"{o}:{r.raw}")
+                parsed = parsed or r.source == "parsed"
+                retries += r.retries
+            pair = p.pair
+            c_pair.append(pair["pair_id"])
+            c_prompt.append(pair.get("prompt_id"))
+            c_msgs.append(pair["messages"])
+            c_a.append(pair["response_a"])
+            c_b.append(pair["response_b"])
+            c_probs.append(option_probs)
+            c_orders.append(p.orders)
+            c_pids.append([pid for pid, _ in p.principles if pid is not None])
+            c_rat.append(
+                "\n---\n".join(f"[{o}{'' if p.principles[pi][0] is None else ' ' + p.principles[pi][0]}] {rationales[(i, pi, o)]}" for (i, pi, o), _ in entries) if cot else None
+            )
+            c_src.append("parsed" if parsed else "logprobs")
+            c_retries.append(retries)
+            c_flags.append(pair_flags(pair["response_a"], pair["response_b"]))
+            c_trunc.append(p.truncated)
+            c_raw.append("; ".join(raw_texts)[:2000] if raw_texts else None)
+        n = len(c_pair)
+        constants = {
             "mode": self._mode,
-            "option_probs": option_probs,
             "candidates": list(tpl.candidates),
-            "orders": p.orders,
-            "principle_ids": [pid for pid, _ in p.principles if pid is not None],
-            "rationale": rationale,
-            "prob_source": "parsed" if "parsed" in sources else "logprobs",
-            "retries": sum(r.retries for _, r in entries),
-            "injection_flags": pair_flags(p.pair["response_a"], p.pair["response_b"]),
-            "truncated": p.truncated,
-            "raw": "; ".join(raw_texts)[:2000] if raw_texts else None,
             "labeler_model": labeler_id,
             "backend": self.cfg.backend.kind,
             "template": tpl.id,
@@ -226,6 +245,9 @@ class Labeler:
             "constitution_version": constitution_version,
             "seed": cfg.seed,
         }
+        for name, value in constants.items():
+            cols[name] = [value] * n
+        return cols, excluded
 
     def mode_name(self) -> str:
         c = self.cfg

@@ -116,6 +116,52 @@ class Template(StrictModel):
             prefix = rationale.strip() + "\n" + self.answer_prefix
         return ScoringPrompt(messages, prefix)
 
+    def prompts(self, fields: list[dict], orders: list[str], questions: list[str | None], few_shot: bool = False) -> list[ScoringPrompt]:
+        """Many scoring prompts at once, each the text :meth:`prompt` renders (no rationale).
+
+        ``fields[k]`` holds a pair's ``context``, ``a`` and ``b``; ``orders[k]`` is "AB", "BA"
+        (pairwise) or "A", "B" (pointwise: the response rated). Shared parts are rendered once:
+        the preamble, the few-shot block and the ending once per question, each pair's texts
+        neutralised once for all its orders (consecutive entries that share a ``fields`` dict).
+        """
+        fmt, stripped = self._sample_format()
+        parts: dict[str | None, tuple[dict, str, str]] = {}
+        data = self._data
+        last, ctx, a, b = None, "", "", ""
+        out = []
+        pairwise = self.kind == "pairwise"
+        for f, order, question in zip(fields, orders, questions):
+            if f is not last:
+                last, ctx, a, b = f, data(f["context"]), data(f["a"]), data(f["b"])
+            got = parts.get(question)
+            if got is None:
+                q = question or self.question
+                got = parts[question] = ({"role": "system", "content": self.preamble.strip()}, self._few_shot(q) if few_shot else "", "\n" + self.ending.format(question=q).strip())
+            system, head, tail = got
+            if pairwise:
+                sample = fmt.format(context=ctx, response_1=a, response_2=b) if order == "AB" else fmt.format(context=ctx, response_1=b, response_2=a)
+            else:
+                sample = fmt.format(context=ctx, response=a if order == "A" else b)
+            if not stripped:
+                sample = sample.strip()
+            out.append(ScoringPrompt([dict(system), {"role": "user", "content": head + sample + tail}], self.answer_prefix))
+        return out
+
+    def _sample_format(self) -> tuple[str, bool]:
+        """The sample's format string, stripped in advance when that equals stripping each rendering.
+
+        ``sample.format(...).strip()`` only touches the template's own text when its first and last
+        parts are literal text holding more than whitespace; then the stripped template renders the
+        same string. Otherwise (a placeholder at either end) each rendering is stripped.
+        """
+        pieces = list(string.Formatter().parse(self.sample))
+        first_literal = pieces[0][0] if pieces else ""
+        last = pieces[-1] if pieces else ("", None, None, None)
+        ends_literal = last[1] is None and last[0].strip() != ""
+        if first_literal.strip() and ends_literal:
+            return self.sample.strip(), True
+        return self.sample, False
+
     def cot_chat(self, sample_fields: dict, question: str | None = None, few_shot: bool = False) -> list[dict]:
         q = question or self.question
         system, user = self._system_and_user(q, few_shot, sample_fields)
