@@ -204,3 +204,22 @@ def test_label_flow_adapts_to_a_rate_limited_endpoint(llama_server, tmp_path, ca
     assert last["concurrency"] == s["concurrency"] and last["concurrency_min"] == s["concurrency_min"]  # in history.jsonl
     assert any("rate limited (HTTP 429): concurrency 8 -> 4" in r.getMessage() for r in caplog.records)  # and in the log
     print(f"429s {proxy.injected['429']}, concurrency settled at {s['concurrency']} (lowest {s['concurrency_min']}), retries {s['retries']}")
+
+
+@pytest.mark.slow
+def test_local_backend_counts_exactly_and_the_estimate_matches(embedded_backend, tmp_path):
+    """transformers: the recorded tokens are the tokenizer's counts, and `estimate` (same tokenizer) predicts them exactly."""
+    from test_reliability import _pairs_file
+
+    from flows.estimate import estimate
+    from flows.label import label_flow
+
+    src = _pairs_file(tmp_path / "pairs.jsonl", 3)
+    overrides = {"input": str(src), "batch_size": 2}
+    est = estimate("label", str(tmp_path / "run"), None, overrides)
+    assert est["token_method"].startswith("exact") and est["items_excluded_on_input"] == 1
+    s = label_flow(run_dir=str(tmp_path / "run"), overrides=overrides)
+    assert s["complete"] and s["n_out"] == 3
+    assert (s["requests"], s["prompt_tokens"], s["completion_tokens"]) == (est["requests"], est["prompt_tokens"], 0)
+    assert s["requests"] >= 6  # both orders of 3 pairs
+    assert s["tokens_exact"] and s["cost_usd"] is None  # no price table: no cost
