@@ -145,7 +145,9 @@ def _run_flow(module: str, name: str, **kwargs) -> dict:
             logger.removeFilter(_QUIET)
         else:
             logger.addFilter(_QUIET)
-    with _user_errors():
+    from aifeedback.prefect_server import command_api
+
+    with _user_errors(), command_api():  # the configured Prefect API, else the shared local server (aifeedback server)
         result = getattr(importlib.import_module(module), name)(**kwargs)
     _summary(result)
     return result
@@ -284,6 +286,51 @@ def revise(
     with _user_errors():
         cfg = _config("revise", config, set_, flags)
     _run_flow("flows.revise", "revise_flow", run_dir=run_dir, **cfg, max_batches=max_batches)
+
+
+server_app = typer.Typer(help="The local Prefect server every command shares (started on first use; see aifeedback/prefect_server.py).", no_args_is_help=True)
+app.add_typer(server_app, name="server")
+
+
+@server_app.command("start")
+def server_start() -> None:
+    """Start the shared Prefect server in the background (or report the running one)."""
+    from aifeedback import prefect_server
+
+    with _user_errors():
+        running = prefect_server.status()
+        st = running or prefect_server.start()
+    console.print(f"{'running' if running else 'started'}: pid {st['pid']}, API {st['api_url']}, UI {st['ui_url']}, log {st['log']}")
+
+
+@server_app.command("stop")
+def server_stop() -> None:
+    """Stop the shared Prefect server (the next stage command starts it again)."""
+    from aifeedback import prefect_server
+
+    st = prefect_server.stop()
+    console.print(f"stopped: pid {st['pid']} ({st['api_url']})" if st else "no shared Prefect server is running")
+
+
+@server_app.command("status")
+def server_status(as_json: bool = typer.Option(False, "--json", help="Print the state as JSON.")) -> None:
+    """Show the shared Prefect server; exits 1 when none is running."""
+    from aifeedback import prefect_server
+
+    st = prefect_server.status()
+    configured = None
+    with contextlib.suppress(Exception):
+        configured = prefect_server.configured_api_url()
+    if as_json:
+        print(json.dumps({"running": st is not None, **(st or {}), "configured_api_url": configured}, indent=1))
+    elif st:
+        console.print(f"running: pid {st['pid']}, API {st['api_url']}, UI {st['ui_url']}, since {st['started']}, log {st['log']}")
+    else:
+        console.print("no shared Prefect server is running; the next stage command starts one (or `aifeedback server start`)")
+    if configured and not as_json:
+        console.print(f"note: PREFECT_API_URL is configured ({configured}); commands use it, not the shared server")
+    if st is None:
+        raise typer.Exit(1)
 
 
 constitution_app = typer.Typer(help="Validate and show constitution files.", no_args_is_help=True)

@@ -18,6 +18,9 @@ _PREFECT_HOME = tempfile.mkdtemp(prefix="aif-prefect-")
 os.environ.setdefault("PREFECT_HOME", _PREFECT_HOME)
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("PREFECT_LOGGING_TO_API_ENABLED", "false")  # the temporary server stops before the last logs
+# Commands would otherwise share one background Prefect server (aifeedback/prefect_server.py) that outlives
+# the session; the suite keeps one temporary server per process. tests/test_prefect_server.py tests the shared one.
+os.environ.setdefault("AIFEEDBACK_PREFECT_SERVER", "temporary")
 
 from aifeedback.prefect_env import configure  # noqa: E402
 
