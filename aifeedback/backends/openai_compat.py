@@ -75,10 +75,16 @@ class _Loop:
 class _Client(openai.AsyncOpenAI):
     """The official client with this project's backoff: full jitter, Retry-After honoured up to ``backoff_max_s``."""
 
-    def __init__(self, *, backoff_base_s: float, backoff_max_s: float, **kwargs):
+    def __init__(self, *, backoff_base_s: float = 0.5, backoff_max_s: float = 8.0, **kwargs):
         super().__init__(**kwargs)
         self._backoff = (backoff_base_s, backoff_max_s)
         self._rng = random.Random(0)
+
+    def with_retries(self, max_retries: int) -> "_Client":
+        """A copy sharing the pool, with fewer retries left (``with_options`` rebuilds the client without our backoff)."""
+        copied = self.with_options(max_retries=max_retries)
+        copied._backoff, copied._rng = self._backoff, self._rng
+        return copied
 
     def _calculate_retry_timeout(self, remaining_retries, options, response_headers=None) -> float:
         base, cap = self._backoff
@@ -163,7 +169,7 @@ class OpenAIBackend:
         while True:
             await self.limiter.acquire()
             try:
-                client = self._client if retries == 0 else self._client.with_options(max_retries=max(0, self.cfg.max_retries - retries))  # one retry budget in all
+                client = self._client if retries == 0 else self._client.with_retries(max(0, self.cfg.max_retries - retries))  # one retry budget in all
                 raw = await client.chat.completions.with_raw_response.create(**body)
                 retries += raw.retries_taken
                 try:
