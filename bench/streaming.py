@@ -5,7 +5,7 @@ prompt building for both orders, Prefect tasks, Parquet shards - at a size where
 loading whole datasets would show. Each size runs in its own process so peak RSS
 is that run's alone; memory is flat when the peak does not grow with the size.
 
-Usage: .venv/bin/python bench/streaming.py [--sizes 100000,1000000] [--batch-size 8192]
+Usage: .venv/bin/python bench/streaming.py [--sizes 100000,1000000] [--batch-size 8192] [--baseline OLD_CHECKOUT --baseline-sizes 100000]
 """
 
 from __future__ import annotations
@@ -21,6 +21,9 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
+TARGET_PAIRS_S = 20_000  # issue 18: 1,000,000 pairs at >= 20k pairs/s
+TARGET_RSS_MB = 1536  # ... with peak RSS under 1.5 GB
+BEFORE_PAIRS_S = 4_606  # the per-pair labeler at 1,000,000 pairs (stage), docs/performance.md
 
 
 def write_pairs(path: Path, n: int, chunk: int = 65536) -> None:
@@ -111,6 +114,8 @@ def main() -> None:
     ap.add_argument("--batch-size", type=int, default=8192)
     ap.add_argument("--runner", default="sequential", help="sequential, threads or ray (RSS is the driver's)")
     ap.add_argument("--workers", type=int)
+    ap.add_argument("--baseline", help="an older checkout (e.g. a git worktree) to measure side by side, same sizes")
+    ap.add_argument("--baseline-sizes", help="sizes for the baseline (default: --sizes)")
     ap.add_argument("--one", type=int, help=argparse.SUPPRESS)
     ap.add_argument("--workdir", help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -118,18 +123,34 @@ def main() -> None:
         print("RESULT " + json.dumps(run_one(args.one, args.batch_size, Path(args.workdir), args.runner, args.workers)), flush=True)
         return
     results = []
+    baseline = []
     with tempfile.TemporaryDirectory(prefix="aif-stream-") as tmp:
-        for n in [int(x) for x in args.sizes.split(",")]:
-            out = subprocess.run([sys.executable, __file__, "--one", str(n), "--batch-size", str(args.batch_size), "--workdir", tmp, "--runner", args.runner] + (["--workers", str(args.workers)] if args.workers else []), capture_output=True, text=True, env=dict(os.environ, PYTHONPATH=str(REPO)))
+        runs = [(REPO, int(x)) for x in args.sizes.split(",")]
+        if args.baseline:  # the same sizes with an older checkout's flow (this bench's instant backend)
+            runs = [(Path(args.baseline).resolve(), int(x)) for x in (args.baseline_sizes or args.sizes).split(",")] + runs
+        for repo, n in runs:
+            out = subprocess.run([sys.executable, __file__, "--one", str(n), "--batch-size", str(args.batch_size), "--workdir", tmp, "--runner", args.runner] + (["--workers", str(args.workers)] if args.workers else []), capture_output=True, text=True, env=dict(os.environ, PYTHONPATH=str(repo)))
             line = next((ln for ln in out.stdout.splitlines() if ln.startswith("RESULT ")), None)
             if line is None:
-                sys.exit(f"size {n} failed:\n{out.stdout[-3000:]}\n{out.stderr[-3000:]}")
-            results.append(json.loads(line[7:]))
-    print("| pairs | runner | n_out + excluded | flow s | pairs/s (flow) | pairs/s (stage) | store s | peak RSS MB (first half / whole run) |")
-    print("|---|---|---|---|---|---|---|---|")
-    for r in results:
-        print(f"| {r['pairs']:,} | {r['runner']} | {r['n_out']:,} + {r['n_excluded']} | {r['flow_seconds']} | {r['pairs_per_s_flow']:,} | {r['pairs_per_s_stage']:,} | {r['store_seconds']} | {r['rss_peak_first_half_mb']} / {r['rss_peak_mb']} |")
+                sys.exit(f"size {n} ({repo}) failed:\n{out.stdout[-3000:]}\n{out.stderr[-3000:]}")
+            (results if repo == REPO else baseline).append({**json.loads(line[7:]), "code": "this checkout" if repo == REPO else f"baseline {repo}"})
+    print("| code | pairs | runner | n_out + excluded | flow s | pairs/s (flow) | pairs/s (stage) | store s | peak RSS MB (first half / whole run) |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    for r in baseline + results:
+        print(f"| {r['code']} | {r['pairs']:,} | {r['runner']} | {r['n_out']:,} + {r['n_excluded']} | {r['flow_seconds']} | {r['pairs_per_s_flow']:,} | {r['pairs_per_s_stage']:,} | {r['store_seconds']} | {r['rss_peak_first_half_mb']} / {r['rss_peak_mb']} |")
+    for b in baseline:
+        same = [r for r in results if r["pairs"] == b["pairs"]]
+        if same:
+            print(f"{b['pairs']:,} pairs, stage pairs/s: this checkout {same[0]['pairs_per_s_stage']:,} vs baseline {b['pairs_per_s_stage']:,} = {same[0]['pairs_per_s_stage'] / b['pairs_per_s_stage']:.2f}x")
     print(json.dumps(results, indent=1))
+    for r in results:
+        stage, flow_ = r["pairs_per_s_stage"], r["pairs_per_s_flow"]
+        print(
+            f"{r['pairs']:,} pairs: stage {stage:,} pairs/s = {stage / TARGET_PAIRS_S:.2f}x the {TARGET_PAIRS_S:,} target ({'met' if stage >= TARGET_PAIRS_S else 'NOT met'}); "
+            f"flow incl. Prefect start {flow_:,} pairs/s = {flow_ / TARGET_PAIRS_S:.2f}x ({'met' if flow_ >= TARGET_PAIRS_S else 'NOT met'}); "
+            f"peak RSS {r['rss_peak_mb']} MB vs {TARGET_RSS_MB} MB ({'met' if r['rss_peak_mb'] < TARGET_RSS_MB else 'NOT met'}); "
+            f"vs the per-pair labeler's {BEFORE_PAIRS_S:,} pairs/s (docs/performance.md, 2026-11-27): {stage / BEFORE_PAIRS_S:.2f}x"
+        )
 
 
 if __name__ == "__main__":
