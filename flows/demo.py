@@ -22,8 +22,8 @@ from .revise import revise_flow
 GOLD = REPO / "data" / "gold" / "pandalm"
 GOLD_ITEMS = GOLD / "testset-slice.json"
 GOLD_VERDICTS = GOLD / "gpt-3.5-turbo-slice.json"
-LABELER_NAME = "smollm2-135m (embedded)"
-STRONG_NAME = "gpt-3.5-turbo (shipped verdicts)"
+LABELER_NAME = "smollm2-135m"  # the embedded labeler, run here
+STRONG_NAME = "gpt-3.5-turbo"  # PandaLM's shipped verdicts on the same items
 
 
 def gold_pairs(dest: Path) -> Path:
@@ -61,7 +61,8 @@ def demo_flow(run_dir: str = "runs/demo", n_prompts: int = 4) -> dict:
         title=f"Judges vs human labels on {gold_lab['n_in']} PandaLM pairs",
     )
     exp = export_run(str(root), report=str(gold_run / "agreement"))
-    view, _ = write_viewer(gold_run)
+    view, _ = write_viewer(root)
+    gold_view, _ = write_viewer(gold_run)
     return {
         "run directory": str(root),
         "responses": f"{root / 'responses'} ({gen['n_out']} rows, {gen['n_excluded']} excluded)",
@@ -70,7 +71,8 @@ def demo_flow(run_dir: str = "runs/demo", n_prompts: int = 4) -> dict:
         "gold slice labels": f"{gold_run / 'labels'} ({gold_lab['n_out']} labelled, {gold_lab['n_excluded']} excluded)",
         "agreement report": agr["html"],
         "export": exp["to_dir"],
-        "viewer (gold slice)": str(view),
+        "viewer": str(view),
+        "viewer, gold slice": str(gold_view),
     }
 
 
@@ -90,12 +92,13 @@ def show(out: dict, console, n_pairs: int = 4) -> None:
     root = Path(out["run directory"])
     rows = RunStore(root, probe=False).read_table("labels").to_pylist()[:n_pairs]
     t = Table(title=f"A few labelled pairs ({root / 'labels'})", show_lines=True)
-    for col, kw in (("prompt", {"max_width": 26}), ("response A", {"max_width": 30}), ("response B", {"max_width": 30}), ("p(A≻B)\nA first", {"justify": "right"}), ("p(A≻B)\nA second", {"justify": "right"}), ("soft\nlabel", {"justify": "right"}), ("verdict", {}), ("consistent", {})):
+    for col, kw in (("prompt", {"ratio": 2}), ("response A", {"ratio": 3}), ("response B", {"ratio": 3}), ("p(A≻B)\nA first", {"justify": "right"}), ("p(A≻B)\nA second", {"justify": "right"}), ("soft\nlabel", {"justify": "right"}), ("consistent", {})):
         t.add_column(col, **kw)
     for r in rows:
         user = next((m["content"] for m in reversed(r["messages"]) if m["role"] == "user"), "")
-        t.add_row(escape(_cut(user, 80)), escape(_cut(r["response_a"], 90)), escape(_cut(r["response_b"], 90)), f"{r['p_ab']:.3f}", f"{r['p_ba']:.3f}", f"{r['p_a']:.3f}", r["hard_label"], "yes" if r["consistent"] else f"no ({r['position_preferred']} won both)")
+        t.add_row(escape(_cut(user, 50)), escape(_cut(r["response_a"], 70)), escape(_cut(r["response_b"], 70)), f"{r['p_ab']:.3f}", f"{r['p_ba']:.3f}", f"{r['p_a']:.3f}", "yes" if r["consistent"] else f"no: {r['position_preferred']}\nshown won")
     console.print(t)
+    console.print("p(A≻B) A first / A second: the labeler's P(A is better) with A shown first / second. Soft label: their mean; within 0.05 of 0.5 it is a tie.")
 
     metrics = json.loads((Path(out["agreement report"]).parent / "metrics.json").read_text())
     keep = ["judge", "n", "agreement", "95% CI", "Cohen's κ", "consistency", "first-position pref."]
@@ -105,14 +108,19 @@ def show(out: dict, console, n_pairs: int = 4) -> None:
     console.print(t)
     ceiling = metrics.get("human_ceiling")
     if ceiling:
-        console.print(f"Human ceiling: annotators agree with each other {ceiling['pairwise_agreement']:.1%} of the time. A judge's tie counts as a miss.")
+        console.print(f"Human ceiling: the three annotators agree with each other {ceiling['pairwise_agreement']:.1%} of the time.")
+    for j in metrics["judges"]:
+        if j.get("judge_tie_rate"):
+            console.print(f"{j['judge']}: {j['judge_tie_rate']:.0%} of its verdicts are ties, and a tie counts as a miss.")
     console.print(f"Report with plots: {out['agreement report']}")
 
     import datasets
 
+    datasets.disable_progress_bars()
     exp = Path(out["export"])
     prov = json.loads((exp / "provenance.json").read_text())
-    t = Table("config", "split", "rows", title=f"The export, loaded back with datasets.load_dataset({str(exp)!r}, CONFIG)")
+    console.print(f"Export: {exp}")
+    t = Table("config", "split", "rows", title="loaded back with datasets.load_dataset(export, config)")
     for name in prov["rows"]:
         for split, d in datasets.load_dataset(str(exp), name).items():
             t.add_row(name, split, str(d.num_rows))
@@ -120,7 +128,7 @@ def show(out: dict, console, n_pairs: int = 4) -> None:
     for name, c in prov["counts"].items():
         if name == "preferences" and not c.get("exported"):
             console.print(f"preferences: {c['label_rows']} labelled pairs, {c['ties']} of them ties within the tie margin, so no preference rows; the agreement table says why (a small labeler that picks the first-shown response).")
-    console.print(f"Browse every pair and chain: {out['viewer (gold slice)']}  (aifeedback view RUN_DIR writes one for any run)")
+    console.print(f"Browse every pair and revision chain: {out['viewer']}; the gold slice with its human labels: {out['viewer, gold slice']}. `aifeedback view RUN_DIR` writes one for any run.", soft_wrap=True)
     console.print(
         "Plug in a real judge: [bold]aifeedback label --run-dir runs/x --input pairs.jsonl --backend openai --base-url http://HOST:PORT/v1 --model NAME[/] "
         "(any OpenAI-compatible server; the key comes from $OPENAI_API_KEY).",

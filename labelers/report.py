@@ -32,7 +32,9 @@ def plots(results: list[dict], ceiling: dict | None) -> dict[str, str]:
     fig, ax = plt.subplots(figsize=(6, 3.2))
     acc = [r["agreement"] for r in results]
     err = [[a - r["agreement_ci95"][0] for a, r in zip(acc, results)], [r["agreement_ci95"][1] - a for a, r in zip(acc, results)]]
-    ax.bar(names, acc, yerr=err, capsize=4, color="#4C72B0")
+    bars = ax.bar(names, acc, yerr=err, capsize=4, color="#4C72B0")
+    for bar, a in zip(bars, acc):  # the value at the bar's foot: a 0% bar is otherwise invisible
+        ax.text(bar.get_x() + bar.get_width() / 2, 0.02, f"{a:.1%}", ha="center", va="bottom", fontweight="bold", color="white" if a > 0.1 else "black")
     ax.axhline(0.5, color="grey", ls=":", label="chance (2-way)")
     if ceiling:
         ax.axhline(ceiling["pairwise_agreement"], color="#C44E52", ls="--", label="human-human")
@@ -74,7 +76,7 @@ def plots(results: list[dict], ceiling: dict | None) -> dict[str, str]:
         width = 0.8 / len(with_pos)
         for k, r in enumerate(with_pos):
             ax.bar([i + k * width for i in range(len(keys))], [r["position"][x] for x in keys], width, label=r["judge"])
-        ax.set_xticks([i + 0.4 - width / 2 for i in range(len(keys))], [k.replace("_", " ") for k in keys], fontsize=8)
+        ax.set_xticks([i + 0.4 - width / 2 for i in range(len(keys))], ["consistency", "same position\npreferred", "first position\npreference"], fontsize=8)
         ax.set_ylim(0, 1)
         ax.set_title("Position bias")
         ax.legend(fontsize=8)
@@ -147,7 +149,7 @@ def write_report(out_dir: Path, title: str, results: list[dict], ceiling: dict |
     for r in rows:
         table += "<tr>" + "".join(f"<td>{esc(c)}</td>" for c in r) + "</tr>"
     table += "</tbody></table>"
-    figs = "".join(f"<figure><img alt='{k}' id='plot-{k}' src='data:image/png;base64,{v}'/><figcaption>{esc(k)}</figcaption></figure>" for k, v in imgs.items())
+    figs = "<div class='figs'>" + "".join(f"<figure><img alt='{k} plot' id='plot-{k}' src='data:image/png;base64,{v}'/></figure>" for k, v in imgs.items()) + "</div>"
     joins = "".join(f"<li>{esc(r['judge'])}: {r['join']['joined']} joined ({r['join']['judge_only']} judge-only, {r['join']['human_only']} human-only); {r['n_human_ties_excluded']} human ties excluded. {esc(r['description'])}</li>" for r in results)
     cats = ""
     for r in results:
@@ -156,7 +158,7 @@ def write_report(out_dir: Path, title: str, results: list[dict], ceiling: dict |
     defs = "".join(f"<dt>{esc(k)}</dt><dd>{esc(v)}</dd>" for k, v in DEFINITIONS.items())
     ceil = f"<p id='ceiling'>Human ceiling (pairwise annotator agreement, {ceiling['n_items']} items): <b>{ceiling['pairwise_agreement']:.1%}</b></p>" if ceiling else ""
     page = f"""<!doctype html><html><head><meta charset='utf-8'><title>{esc(title)}</title>
-<style>body{{font-family:sans-serif;max-width:1100px;margin:2em auto;color:#222}}table{{border-collapse:collapse;margin:1em 0}}td,th{{border:1px solid #ccc;padding:4px 8px;text-align:right}}th{{background:#f3f3f3}}figure{{display:inline-block;margin:8px}}dt{{font-weight:bold;margin-top:6px}}</style></head>
+<style>body{{font-family:sans-serif;max-width:1100px;margin:2em auto;color:#222}}table{{border-collapse:collapse;margin:1em 0}}td,th{{border:1px solid #ccc;padding:4px 8px;text-align:right}}td{{white-space:nowrap}}td:first-child{{text-align:left}}th{{background:#f3f3f3}}.figs{{display:grid;grid-template-columns:repeat(auto-fill,minmax(460px,1fr));gap:8px;align-items:start}}figure{{margin:0}}figure img{{max-width:100%;height:auto}}dt{{font-weight:bold;margin-top:6px}}</style></head>
 <body><h1>{esc(title)}</h1><p>Human labels: {esc(str(meta.get('human')))}</p>{ceil}{table}{figs}<h2>Joins</h2><ul>{joins}</ul>{cats}<h2>Definitions</h2><dl>{defs}</dl>
 <script>
 function check(){{const imgs=[...document.images];if(imgs.every(i=>i.complete)){{document.body.setAttribute('data-images-loaded',String(imgs.every(i=>i.naturalWidth>0)));}}else{{setTimeout(check,50);}}}}

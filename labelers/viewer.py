@@ -100,10 +100,15 @@ def _pair(r: dict, human: str | None) -> dict:
     }
 
 
+def kept_share(old: str, new: str) -> float:
+    """Share of the two texts' words that the diff keeps (difflib's ratio over words): near 0 for a rewrite."""
+    return difflib.SequenceMatcher(None, (old or "").split(), (new or "").split(), autojunk=False).ratio()
+
+
 def _chain(r: dict) -> dict:
     rounds, prev = [], r["initial_response"]
     for x in sorted(r["rounds"] or [], key=lambda x: x["round"]):
-        rounds.append({"n": x["round"], "principle": x["principle_id"], "critique": x["critique"], "revision": x["revision"], "diff": word_diff(prev, x["revision"])})
+        rounds.append({"n": x["round"], "principle": x["principle_id"], "critique": x["critique"], "revision": x["revision"], "diff": word_diff(prev, x["revision"]), "kept": round(kept_share(prev, x["revision"]), 3)})
         prev = x["revision"]
     return {
         "id": r["revision_id"],

@@ -22,7 +22,7 @@ from typer.testing import CliRunner
 import flows.label  # noqa: F401  Prefect sets up its log handlers at import: here, not on a CliRunner stream
 from aifeedback.store import RunStore
 from flows.cli import app
-from labelers.viewer import word_diff
+from labelers.viewer import kept_share, word_diff
 
 REPO = Path(__file__).resolve().parents[1]
 GOLD = REPO / "data" / "gold" / "pandalm" / "testset-slice.json"
@@ -50,7 +50,7 @@ def run(tmp_path_factory) -> Path:
     gold = [{"pair_id": h["pair_id"], "prompt": h["messages"], "response_a": h["response_a"], "response_b": h["response_b"]} for h in load_human("pandalm", GOLD)]
     pairs.write_text("".join(json.dumps(p) + "\n" for p in gold + EXTRA))
     generate_flow(run_dir=str(root), overrides={"limit": 2, "sampling": {"n": 1, "max_new_tokens": 16}})
-    revise_flow(run_dir=str(root), overrides={"rounds": 2, "sampling": {"max_new_tokens": 16}})
+    revise_flow(run_dir=str(root), overrides={"rounds": 2, "few_shot": False, "sampling": {"max_new_tokens": 16}})
     label_summary = flows.label.label_flow(run_dir=str(root), overrides={"input": str(pairs)})
     assert label_summary["n_in"] == len(gold) + len(EXTRA) and label_summary["n_excluded"] == 3
     agreement_flow(human=str(GOLD), runs=[f"smollm2={root}"], out_dir=str(root / "agreement"))
@@ -151,8 +151,14 @@ def test_viewer_shows_the_run_store(run, tmp_path):
         for x in r["rounds"]:
             assert f'class="principle">{x["principle_id"]}<' in chains
     assert "Round 2" in chains
-    changed = [r for r in revisions if r["rounds"] and r["rounds"][0]["revision"] != r["initial_response"]]
-    if changed:
+    kept = []
+    for r in revisions:
+        prev = r["initial_response"]
+        for x in r["rounds"]:
+            kept.append(kept_share(prev, x["revision"]))
+            prev = x["revision"]
+    assert chains.count("rewritten: ") == sum(k < 0.3 for k in kept)  # a rewrite is shown whole, an edit as a word diff
+    if any(0.3 <= k < 1 for k in kept):
         assert "<ins>" in chains or "<del>" in chains
 
 
