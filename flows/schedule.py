@@ -26,7 +26,6 @@ FLOWS = {
     "train-rm": "flows.train:train_rm_flow",
     "train-rl": "flows.train:train_rl_flow",
     "train-dpo": "flows.train:train_dpo_flow",
-    "loop": "flows.loop:loop_flow",
 }
 
 NEED_SERVER = (

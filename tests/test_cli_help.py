@@ -16,7 +16,7 @@ from flows.cli import COMMAND_CONFIGS, app
 from conftest import REPO
 
 # options that are not config keys: where a command runs, reads or writes, not what it computes
-NOT_CONFIG = {"run_dir", "config", "set_", "max_batches", "runner", "workers", "ray_address", "out", "human", "human_format", "prompts", "limit", "preferences", "to_dir", "repo_id", "private", "report"}
+NOT_CONFIG = {"run_dir", "config", "set_", "max_batches", "runner", "workers", "ray_address", "out", "human", "human_format", "prompts", "limit", "preferences", "to_dir", "repo_id", "private", "report", "labeler", "gold", "compare"}
 
 
 def _commands() -> dict:
