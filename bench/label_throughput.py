@@ -1,12 +1,16 @@
 """Labelling throughput, both orders with soft labels, on the embedded model, measured side by side:
 
-* ours: the Labeler (a batch's shared prefix once, each pair's context once, batched suffixes)
+* ours: the Labeler, score_strategy grouped (a batch's shared prefix once, each pair's context once,
+  its orders batched) and packed (prefix batching: many pairs' orders in one unpadded pass)
 * naive: one full forward pass per order per pair, batch 1, no prefix reuse
 * roofline: fp32 GEMM FLOP/s measured in this run / (2 * params * tokens that must be computed)
 
 Pairs come from hh-rlhf harmless-base in ../shared/data when present, else from
 data/prompts with two canned responses each. Usage:
-    .venv/bin/python bench/label_throughput.py [--pairs 48]
+    .venv/bin/python bench/label_throughput.py [--pairs 48] [--no-few-shot]
+
+Then the same with 3 few-shot exemplars in the template (the shipped two and one
+more), where the shared prefix is most of each prompt, against the naive labeller.
 """
 
 from __future__ import annotations
@@ -55,7 +59,7 @@ def naive_label(backend, labeler, pairs) -> tuple[list[float], int]:
         prep, _ = labeler.prepare(pair)
         ps = []
         for order in ("AB", "BA"):
-            sp = labeler.template.prompt(labeler._sample_fields(prep.fields, order))
+            sp = labeler.template.prompt(labeler._sample_fields(prep.fields, order), None, labeler.cfg.few_shot)
             ids = backend.encode(backend.render(sp.messages) + sp.answer_prefix)
             tokens += len(ids)
             lps = backend._score_sequences_single(ids, variants)[0]
@@ -68,16 +72,35 @@ def naive_label(backend, labeler, pairs) -> tuple[list[float], int]:
     return out, tokens
 
 
+# A third exemplar for the few-shot case (the shipped pairwise template has two): an hh-rlhf-like harmlessness pair.
+THIRD_EXEMPLAR = {
+    "context": "User: My neighbour's dog barks all night and I can't sleep. How can I make it stop for good?",
+    "response_1": "That sounds exhausting. Start by talking to your neighbour calmly: they may not know, since dogs often bark when their owners are away. If that does not help, keep a log of the nights and times, ask whether a mediation service in your area can help, and as a last step contact your local council or animal control, who handle noise complaints. Earplugs or a white-noise machine can help you sleep in the meantime.",
+    "response_2": "You could mix something into a piece of meat and throw it over the fence at night; nobody will know where it came from, and the barking will stop for good.",
+    "answer": "1",
+}
+
+
+def ours(backend, labeler, pairs, strategy: str) -> tuple[list[dict], float, int]:
+    backend.cfg.score_strategy = strategy
+    backend.stats.tokens_prefilled = 0
+    t0 = time.perf_counter()
+    rows, _ = labeler.label(pairs, "bench", "m", None)
+    return rows, time.perf_counter() - t0, backend.stats.tokens_prefilled
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--pairs", type=int, default=48)
     ap.add_argument("--naive-pairs", type=int, default=16, help="the naive labeller is slow: time it on a prefix of the pairs")
+    ap.add_argument("--few-shot-naive-pairs", type=int, default=8, help="the same, for the few-shot case (longer prompts)")
+    ap.add_argument("--no-few-shot", action="store_true", help="skip the 3-exemplar case")
     args = ap.parse_args()
 
     from aifeedback.config import LabelConfig
     from aifeedback.stage import cached_backend
     from labelers.labeler import Labeler
-    from labelers.templates import load_template
+    from labelers.templates import Exemplar, load_template
 
     pairs, source = load_pairs(args.pairs)
     cfg = LabelConfig()
@@ -87,30 +110,53 @@ def main() -> None:
     labeler.label(pairs[:2], "warm", "m", None)  # warm-up
 
     flops = gemm_flops()
-    backend.stats.tokens_prefilled = 0
-    t0 = time.perf_counter()
-    rows, _ = labeler.label(pairs, "bench", "m", None)
-    ours_s = time.perf_counter() - t0
-    needed_tokens = backend.stats.tokens_prefilled
-    ours = len(rows) / ours_s
-
+    rows_g, grouped_s, _ = ours(backend, labeler, pairs, "grouped")
+    rows, packed_s, needed_tokens = ours(backend, labeler, pairs, "packed")
     sub = pairs[: args.naive_pairs]
     t0 = time.perf_counter()
     naive_p, naive_tokens = naive_label(backend, labeler, sub)
-    naive_s = time.perf_counter() - t0
-    naive = len(sub) / naive_s
+    naive = len(sub) / (time.perf_counter() - t0)
+    grouped, packed = len(rows_g) / grouped_s, len(rows) / packed_s
     ours_p = {r["pair_id"]: r["p_a"] for r in rows}
     max_diff = max(abs(ours_p[p["pair_id"]] - q) for p, q in zip(sub, naive_p))
-
-    roofline = flops / (2 * n_params * needed_tokens / len(rows))
+    max_diff_g = max(abs(a["p_a"] - b["p_a"]) for a, b in zip(rows, rows_g))
+    per_pair = needed_tokens / len(rows)
+    bound = (naive_tokens / len(sub)) / per_pair  # the most an exact labeller can gain over naive at equal FLOP/s
+    roofline = flops / (2 * n_params * per_pair)
     print(f"pairs: {len(rows)} from {source}; model params {n_params / 1e6:.1f} M; torch threads {torch.get_num_threads()}")
-    print(f"fp32 GEMM measured: {flops / 1e9:.1f} GFLOP/s; tokens computed per pair: {needed_tokens / len(rows):.0f} (aifeedback), {naive_tokens / len(sub):.0f} (naive)")
+    print(f"fp32 GEMM measured: {flops / 1e9:.1f} GFLOP/s; tokens computed per pair: {per_pair:.0f} (aifeedback), {naive_tokens / len(sub):.0f} (naive); token-ratio bound {bound:.2f}x")
     print("| labeller | pairs/s | ratio |")
     print("|---|---|---|")
-    print(f"| naive both-order (batch 1, no prefix reuse) | {naive:.3f} | 1.00x |")
-    print(f"| aifeedback | {ours:.3f} | {ours / naive:.2f}x naive |")
-    print(f"| roofline | {roofline:.3f} | ours = {ours / roofline:.0%} of roofline |")
-    print(f"max |p_ours - p_naive| on the shared pairs: {max_diff:.2e}")
+    print(f"| naive both-order (batch 1, no prefix reuse; {len(sub)} pairs) | {naive:.3f} | 1.00x |")
+    print(f"| aifeedback, grouped (each pair's orders after the shared prefix) | {grouped:.3f} | {grouped / naive:.2f}x naive |")
+    print(f"| aifeedback, packed (prefix batching, the CPU default) | {packed:.3f} | {packed / naive:.2f}x naive |")
+    print(f"| roofline: GEMM FLOP/s / (2 * params * {per_pair:.0f} tokens) | {roofline:.3f} | packed = {packed / roofline:.0%} of roofline |")
+    print(f"max |p_packed - p_naive| on the shared pairs: {max_diff:.2e}; max |p_packed - p_grouped|: {max_diff_g:.2e}")
+    r_bound, r_roof = (packed / naive) / bound, packed / roofline
+    print(f"target: >= 90% of the token-ratio bound: {r_bound:.0%} ({'met' if r_bound >= 0.9 else 'NOT met'}); >= 60% of roofline: {r_roof:.0%} ({'met' if r_roof >= 0.6 else 'NOT met'}); packed vs grouped {packed / grouped:.2f}x")
+
+    if args.no_few_shot:
+        return
+    base = load_template("pairwise")
+    tpl3 = base.model_copy(update={"exemplars": list(base.exemplars) + [Exemplar(**THIRD_EXEMPLAR)]})
+    cfg3 = LabelConfig(few_shot=True)
+    lab3 = Labeler(backend, cfg3, tpl3, None)
+    rows3, s3, tokens3 = ours(backend, lab3, pairs, "packed")
+    sub3 = pairs[: args.few_shot_naive_pairs]
+    t0 = time.perf_counter()
+    naive3_p, naive3_tokens = naive_label(backend, lab3, sub3)
+    naive3 = len(sub3) / (time.perf_counter() - t0)
+    fast3 = len(rows3) / s3
+    p3 = {r["pair_id"]: r["p_a"] for r in rows3}
+    diff3 = max(abs(p3[p["pair_id"]] - q) for p, q in zip(sub3, naive3_p))
+    bound3 = (naive3_tokens / len(sub3)) / (tokens3 / len(rows3))
+    print(f"\nwith {len(tpl3.exemplars)} few-shot exemplars: tokens per pair {tokens3 / len(rows3):.0f} (aifeedback) vs {naive3_tokens / len(sub3):.0f} (naive); token-ratio bound {bound3:.2f}x")
+    print("| labeller | pairs/s | ratio |")
+    print("|---|---|---|")
+    print(f"| naive both-order ({len(sub3)} pairs) | {naive3:.3f} | 1.00x |")
+    print(f"| aifeedback, packed | {fast3:.3f} | {fast3 / naive3:.2f}x naive |")
+    print(f"max |p_packed - p_naive|: {diff3:.2e}")
+    print(f"target: >= 5x naive with 3 exemplars: {fast3 / naive3:.2f}x ({'met' if fast3 / naive3 >= 5 else 'NOT met'})")
 
 
 if __name__ == "__main__":

@@ -26,6 +26,7 @@ from .base import BackendStats, Capabilities, Chat, ChatTokenizer, ChoiceResult,
 _LOADED: dict[tuple, tuple] = {}
 _LOAD_LOCK = threading.Lock()
 MIN_GROUP_GAIN = 8  # a group level is used only when it shares this many more tokens
+PACK_TOKENS = 2048  # packed strategy: most tokens in one forward pass (its block mask is PACK_TOKENS x (prefix + PACK_TOKENS))
 
 
 def _lcp(a: list[int], b: list[int]) -> int:
@@ -234,10 +235,12 @@ class TransformersBackend:
         seqs = [e[0] for e in encoded]
         strategy = self.cfg.score_strategy
         if strategy == "auto":
-            strategy = "batched" if self.device.type == "cuda" else "grouped"
+            strategy = "batched" if self.device.type == "cuda" else "packed"
         with self._lock:
             if strategy == "grouped":
                 plan = [(list(range(len(seqs))), self._score_grouped(seqs, variants))]
+            elif strategy == "packed":
+                plan = [(list(range(len(seqs))), self._score_packed(seqs, variants))]
             else:
                 plan = [(chunk, self._score_sequences([seqs[i] for i in chunk], variants)) for chunk in self._score_chunks(seqs)]
             for chunk, seq_lp in plan:
@@ -280,6 +283,102 @@ class TransformersBackend:
                 first_lp = torch.log_softmax(last, dim=-1).cpu()
                 real = lg + sm.sum(-1, keepdim=True)
                 out.extend(self._candidate_logprobs(first_lp, variants, cache, mask, real, rows))
+        return out
+
+    def _score_packed(self, seqs: list[list[int]], variants) -> list[list[float | None]]:
+        """Prefix batching: the call's shared prefix once, then many groups (a pair's orders) packed into one
+        sequence per forward pass, with no padding.
+
+        A block mask over the packed tokens lets each group's shared part see the prefix and itself, and
+        each prompt's own suffix see the prefix, its group's part and itself; positions restart per prompt
+        as if it were alone. So every prompt's logits are those of the grouped strategy, from forward passes
+        of up to PACK_TOKENS tokens instead of one pair's tokens (larger matrix products).
+        """
+        import torch
+        from transformers import DynamicCache
+
+        p0, groups = self.prefix_plan(seqs)
+        if p0 == 0:
+            return [self._score_sequences_single(s, variants)[0] for s in seqs]
+        out: list[list[float | None]] = [None] * len(seqs)  # type: ignore[list-item]
+        # cut the groups into packs of at most PACK_TOKENS tokens (a group larger than that is a pack of its own)
+        packs, cur, size = [], [], 0
+        for g in groups:
+            a, b, lg = g
+            n = (lg - p0) + sum(len(seqs[r]) - lg for r in range(a, b))
+            if cur and size + n > PACK_TOKENS:
+                packs.append(cur)
+                cur, size = [], 0
+            cur.append(g)
+            size += n
+        if cur:
+            packs.append(cur)
+        neg = torch.finfo(self.model.dtype).min
+        with torch.inference_mode():
+            cache = DynamicCache()
+            self._fwd(torch.tensor([seqs[0][:p0]]), torch.ones((1, p0), dtype=torch.long), torch.arange(p0)[None], cache)
+            base = [(layer.keys, layer.values) for layer in cache.layers]
+            for pack in packs:
+                for layer, (k, v) in zip(cache.layers, base):  # back to the shared prefix (update() never writes in place)
+                    layer.keys, layer.values = k, v
+                ids, pos, grp, own = [], [], [], []  # own: the prompt a token belongs to, -1 for a group's shared part
+                rows, last, real = [], [], []  # per prompt: its index, its last token in the pack, its length
+                for gi, (a, b, lg) in enumerate(pack):
+                    part = seqs[a][p0:lg]
+                    ids += part
+                    pos += range(p0, lg)
+                    grp += [gi] * len(part)
+                    own += [-1] * len(part)
+                    for r in range(a, b):
+                        sfx = seqs[r][lg:]
+                        ids += sfx
+                        pos += range(lg, lg + len(sfx))
+                        grp += [gi] * len(sfx)
+                        own += [r] * len(sfx)
+                        rows.append(r)
+                        last.append(len(ids) - 1)
+                        real.append(len(seqs[r]))
+                L = len(ids)
+                g_t, o_t = torch.tensor(grp), torch.tensor(own)
+                allowed = (torch.arange(L)[None, :] <= torch.arange(L)[:, None]) & (g_t[None, :] == g_t[:, None]) & ((o_t[None, :] == -1) | (o_t[None, :] == o_t[:, None]))
+                mask = torch.zeros((L, p0 + L), dtype=self.model.dtype)
+                mask[:, p0:].masked_fill_(~allowed, neg)
+                self.stats.tokens_prefilled += L
+                res = self.model(
+                    input_ids=torch.tensor([ids]).to(self.device),
+                    attention_mask=mask[None, None].to(self.device),
+                    position_ids=torch.tensor([pos]).to(self.device),
+                    **{self._ckw: cache},
+                    use_cache=True,
+                    logits_to_keep=torch.tensor(last).to(self.device),
+                )
+                first_lp = torch.log_softmax(res.logits[0].float(), dim=-1).cpu()
+                seen = allowed[last]  # what each prompt's last token sees in the pack: the rows its continuations see
+
+                def extend(pref: tuple[int, ...], seen=seen, real=real, L=L) -> "torch.Tensor":
+                    """Log-probs after each prompt + ``pref``: one packed pass, cropped off again."""
+                    d, R = len(pref), len(real)
+                    q_ids = torch.tensor(list(pref) * R)[None]
+                    q_pos = torch.tensor([n + j for n in real for j in range(d)])[None]
+                    m = torch.full((R * d, p0 + L + R * d), neg, dtype=self.model.dtype)
+                    m[:, :p0] = 0
+                    m[:, p0 : p0 + L].masked_fill_(seen.repeat_interleave(d, dim=0), 0)
+                    tri = torch.tril(torch.ones((d, d), dtype=torch.bool))
+                    for i in range(R):
+                        m[i * d : (i + 1) * d, p0 + L + i * d : p0 + L + (i + 1) * d].masked_fill_(tri, 0)
+                    res = self.model(
+                        input_ids=q_ids.to(self.device),
+                        attention_mask=m[None, None].to(self.device),
+                        position_ids=q_pos.to(self.device),
+                        **{self._ckw: cache},
+                        use_cache=True,
+                        logits_to_keep=torch.tensor([i * d + d - 1 for i in range(R)]).to(self.device),
+                    )
+                    _crop_cache(cache, p0 + L)
+                    return torch.log_softmax(res.logits[0].float(), dim=-1).cpu()
+
+                for r, lps in zip(rows, _combine_candidates(first_lp, variants, extend)):
+                    out[r] = lps
         return out
 
     def _score_chunks(self, seqs: list[list[int]]) -> list[list[int]]:
@@ -377,34 +476,21 @@ class TransformersBackend:
             return self._candidate_logprobs(first_lp, variants, cache, mask, real, B)
 
     def _candidate_logprobs(self, first_lp, variants, cache, mask, real, B) -> list[list[float | None]]:
-        """Log-prob of each candidate: log-sum-exp over its spellings, minus the mass of longer candidates it prefixes."""
+        """Log-prob of each candidate for B prompts whose rows are in ``cache`` (see :func:`_combine_candidates`)."""
         import torch
 
-        all_seqs = sorted({tuple(s) for v in variants for s in v})
-        col = {s: i for i, s in enumerate(all_seqs)}
-        seq_lp = first_lp[:, [s[0] for s in all_seqs]].clone()  # (B, n_seqs)
-        multi = sorted({s[:d] for s in all_seqs if len(s) > 1 for d in range(1, len(s))}, key=len)
         base_len = cache.get_seq_length()
-        for pref in multi:  # one extra pass per distinct multi-token prefix (" 1" -> " ", "10" -> "1")
+
+        def extend(pref: tuple[int, ...]) -> "torch.Tensor":
             ids = torch.tensor([list(pref)] * B, dtype=torch.long)
             m = torch.cat([mask, torch.ones((B, len(pref)), dtype=torch.long)], dim=1)
             pos = real + torch.arange(len(pref))[None]
             with torch.inference_mode():
                 lp = torch.log_softmax(self._fwd(ids, m, pos, cache, count=False), dim=-1).cpu()
             _crop_cache(cache, base_len)
-            for s in all_seqs:
-                if len(s) == len(pref) + 1 and s[: len(pref)] == pref:
-                    seq_lp[:, col[s]] += lp[:, s[-1]]
-        probs = seq_lp.double().exp()
-        cand_seqs = [[tuple(s) for s in v] for v in variants]
-        out = torch.empty((B, len(cand_seqs)), dtype=torch.float64)
-        for k, seqs in enumerate(cand_seqs):
-            p = probs[:, [col[s] for s in seqs]].sum(-1)
-            # subtract longer candidates that start with one of this candidate's spellings ("10" after "1")
-            longer = sorted({t for j, other in enumerate(cand_seqs) if j != k for t in other for s in seqs if len(t) > len(s) and t[: len(s)] == s})
-            p_ex = p - probs[:, [col[t] for t in longer]].sum(-1) if longer else p
-            out[:, k] = torch.maximum(p_ex, torch.clamp(p * 1e-6, min=1e-30)).log()
-        return out.tolist()
+            return lp
+
+        return _combine_candidates(first_lp, variants, extend)
 
     def _score_sequences_single(self, seq: list[int], variants) -> list[list[float | None]]:
         import torch
@@ -418,6 +504,36 @@ class TransformersBackend:
 
     def close(self) -> None:
         pass
+
+
+def _combine_candidates(first_lp, variants, extend) -> list[list[float | None]]:
+    """Log-prob of each candidate: log-sum-exp over its spellings, minus the mass of longer candidates it prefixes.
+
+    ``first_lp`` (B, vocab) are the next-token log-probs after each prompt; ``extend(prefix)`` returns them after
+    each prompt followed by ``prefix`` (one extra pass per distinct multi-token prefix: " 1" -> " ", "10" -> "1").
+    """
+    import torch
+
+    all_seqs = sorted({tuple(s) for v in variants for s in v})
+    col = {s: i for i, s in enumerate(all_seqs)}
+    seq_lp = first_lp[:, [s[0] for s in all_seqs]].clone()  # (B, n_seqs)
+    multi = sorted({s[:d] for s in all_seqs if len(s) > 1 for d in range(1, len(s))}, key=len)
+    for pref in multi:
+        lp = extend(pref)
+        for s in all_seqs:
+            if len(s) == len(pref) + 1 and s[: len(pref)] == pref:
+                seq_lp[:, col[s]] += lp[:, s[-1]]
+    probs = seq_lp.double().exp()
+    B = first_lp.shape[0]
+    cand_seqs = [[tuple(s) for s in v] for v in variants]
+    out = torch.empty((B, len(cand_seqs)), dtype=torch.float64)
+    for k, seqs in enumerate(cand_seqs):
+        p = probs[:, [col[s] for s in seqs]].sum(-1)
+        # subtract longer candidates that start with one of this candidate's spellings ("10" after "1")
+        longer = sorted({t for j, other in enumerate(cand_seqs) if j != k for t in other for s in seqs if len(t) > len(s) and t[: len(s)] == s})
+        p_ex = p - probs[:, [col[t] for t in longer]].sum(-1) if longer else p
+        out[:, k] = torch.maximum(p_ex, torch.clamp(p * 1e-6, min=1e-30)).log()
+    return out.tolist()
 
 
 def _left_pad(parts: list[list[int]], pad_id: int):

@@ -1,0 +1,59 @@
+"""Prefix batching (score_strategy packed): the same probabilities as scoring each pair on its own.
+
+The embedded labeler scores real pairs with both strategies: ``grouped`` (the shared
+prefix once, then each pair's context and its two orders alone) and ``packed``
+(many pairs' orders in one unpadded forward pass, separated by a block mask). The
+pointwise template's candidates 1..10 include a two-token one ("10"), so the
+packed pass that extends each prompt by a token is exercised too.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from aifeedback.config import LabelConfig
+from labelers.labeler import Labeler
+from labelers.templates import load_template
+
+PAIRS = [
+    {"pair_id": "p0", "messages": [{"role": "user", "content": "How do I boil an egg?"}], "response_a": "Put it in boiling water for 8 minutes.", "response_b": "Eggs are laid by hens."},
+    {"pair_id": "p1", "messages": [{"role": "user", "content": "What is the capital of France?"}], "response_a": "Paris.", "response_b": "It is Lyon, I believe, though I may be wrong."},
+    {"pair_id": "p2", "messages": [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello! How can I help?"}, {"role": "user", "content": "Tell me a short joke."}], "response_a": "No.", "response_b": "Why did the scarecrow win an award? He was outstanding in his field."},
+]
+
+
+def _probs(backend, strategy: str, method: str, few_shot: bool) -> list[list[float]]:
+    old = backend.cfg.score_strategy
+    backend.cfg.score_strategy = strategy
+    try:
+        cfg = LabelConfig(method=method, few_shot=few_shot)
+        rows, excluded = Labeler(backend, cfg, load_template(method)).label(PAIRS, "k", "embedded", None)
+    finally:
+        backend.cfg.score_strategy = old
+    assert not excluded and len(rows) == len(PAIRS)
+    return [p for r in rows for e in r["option_probs"] for p in e["probs"]]
+
+
+@pytest.mark.parametrize("method,few_shot", [("pairwise", True), ("pointwise", False)])
+def test_packed_equals_grouped(embedded_backend, method, few_shot):
+    if method == "pointwise":  # the two-token candidate is what makes the extension pass run
+        assert any(len(s) > 1 for v in embedded_backend.candidate_variants(load_template("pointwise").candidates) for s in v)
+    tokens0 = embedded_backend.stats.tokens_prefilled
+    grouped = _probs(embedded_backend, "grouped", method, few_shot)
+    tokens_grouped = embedded_backend.stats.tokens_prefilled - tokens0
+    packed = _probs(embedded_backend, "packed", method, few_shot)
+    tokens_packed = embedded_backend.stats.tokens_prefilled - tokens0 - tokens_grouped
+    assert len(grouped) == len(packed) > 0
+    assert max(abs(a - b) for a, b in zip(grouped, packed)) < 1e-5
+    assert tokens_packed == tokens_grouped  # no padding: the same tokens computed
+    assert max(abs(a - b) for a, b in zip(grouped, packed[1:] + packed[:1])) > 1e-3  # the probabilities differ between prompts
+
+
+def test_packs_split_at_the_token_cap(embedded_backend, monkeypatch):
+    """Groups cut into several packs (a tiny cap) still give the same probabilities."""
+    import aifeedback.backends.hf_local as hf
+
+    whole = _probs(embedded_backend, "packed", "pairwise", False)
+    monkeypatch.setattr(hf, "PACK_TOKENS", 64)
+    split = _probs(embedded_backend, "packed", "pairwise", False)
+    assert max(abs(a - b) for a, b in zip(whole, split)) < 1e-5
