@@ -35,7 +35,7 @@ def main() -> None:
         job = RMLabelJob(args.rm, max_length=ml)
         job.compute(pairs[:32], "warm")  # model load and first pass
         t0 = time.perf_counter()
-        rows, excl, _ = job.compute(pairs, "k")
+        rows, _, _ = job.compute(pairs, "k")
         dt = time.perf_counter() - t0
         print(f"max_length {ml}: {len(rows)} pairs in {dt:.1f} s = {len(rows) / dt * 60:,.0f} pairs/min")
 

@@ -61,8 +61,7 @@ def write_gold(items: list[dict], dest: Path) -> None:
     """The gold slice as the loop's --gold file (messages, response_a, response_b, human): the labeler's temperature is fitted on it."""
     dest.parent.mkdir(parents=True, exist_ok=True)
     with open(dest, "w") as fh:
-        for p in items:
-            fh.write(json.dumps({k: p[k] for k in ("pair_id", "messages", "response_a", "response_b", "human")}) + "\n")
+        fh.writelines(json.dumps({k: p[k] for k in ("pair_id", "messages", "response_a", "response_b", "human")}) + "\n" for p in items)
 
 
 def human_rows(items: list[dict]) -> list[dict]:

@@ -7,7 +7,13 @@ from prefect import flow
 from aifeedback.config import LabelConfig, build_config
 from aifeedback.errors import InputError
 from aifeedback.store import RunStore
-from labelers.import_labels import ImportJob, check_overlap, file_digest, join_pairs, read_verdicts
+from labelers.import_labels import (
+    ImportJob,
+    check_overlap,
+    file_digest,
+    join_pairs,
+    read_verdicts,
+)
 from labelers.job import load_pairs, pairs_from_responses
 
 from .common import execute_stage

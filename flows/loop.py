@@ -43,8 +43,8 @@ def loop_flow(run_dir: str = "runs/loop", config_path: str | None = None, overri
     """
     cfg = build_config(LoopConfig, config_path, overrides)
     run = Path(run_dir)
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # printed below, once
         notes = L.check_inputs(cfg)
     for n in notes:
         print(f"warning: {n}")

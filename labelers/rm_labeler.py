@@ -24,7 +24,7 @@ from aifeedback.records import LABEL_OUTPUTS, stable_id
 
 PROB_SOURCE = "reward_model:position_free"
 MODE = "rm"
-_SCORERS: dict[str, "RewardModelScorer"] = {}
+_SCORERS: dict[str, RewardModelScorer] = {}
 _LOCK = threading.Lock()
 
 

@@ -16,7 +16,7 @@ PANDALM = (REPO.parent / "shared" / "data" / "pandalm").resolve()
 
 def _cli(args):
     env = {**os.environ, "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "120"}
-    return subprocess.run([sys.executable, "-m", "flows.cli", *args], cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    return subprocess.run([sys.executable, "-m", "flows.cli", *args], cwd=REPO, env=env, capture_output=True, text=True, timeout=600, check=False)
 
 
 def _pairs_file(path: Path, n: int = 6) -> Path:

@@ -11,7 +11,6 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from test_loop import tiny_rm
 
 REPO = Path(__file__).resolve().parents[1]
@@ -100,7 +99,7 @@ def test_a_folder_that_is_not_a_reward_model_is_a_clear_message(tmp_path):
 
 def _cli(args, cwd=REPO):
     env = {**os.environ, "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "120"}
-    return subprocess.run([sys.executable, "-m", "flows.cli", *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
+    return subprocess.run([sys.executable, "-m", "flows.cli", *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=600, check=False)
 
 
 def test_label_cli_with_an_rm_labeler_writes_label_rows_that_export_reads(tmp_path):

@@ -466,7 +466,7 @@ def win_stats(new: list[dict], base: list[dict], n_boot: int, seed: int) -> dict
 
     def ci(v: list[float]) -> list[float]:
         v = sorted(v)
-        return [v[int(0.025 * (len(v) - 1))], v[int(math.ceil(0.975 * (len(v) - 1)))]]
+        return [v[int(0.025 * (len(v) - 1))], v[math.ceil(0.975 * (len(v) - 1))]]
 
     return {
         "n": len(pairs),

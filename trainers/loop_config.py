@@ -47,7 +47,7 @@ class LoopConfig(StrictModel):
         return v
 
     @model_validator(mode="after")
-    def _labeler(self) -> "LoopConfig":
+    def _labeler(self) -> LoopConfig:
         if self.labeler != "llm" and not (self.labeler.startswith("rm:") and len(self.labeler) > 3):
             raise ValueError(f"labeler must be llm or rm:PATH (a reward model folder), got {self.labeler!r}")
         if self.method == "grpo" and not self.labeler.startswith("rm:"):

@@ -61,7 +61,8 @@ def _svg(series: dict[str, list[tuple[int, float, float | None, float | None]]],
     for i, (name, s) in enumerate(series.items()):
         c = colors[i % len(colors)]
         s = sorted(s)
-        out.append('<polyline fill="none" stroke="%s" stroke-width="2" points="%s"/>' % (c, " ".join(f"{X(p[0]):.1f},{Y(p[1]):.1f}" for p in s)))
+        points = " ".join(f"{X(p[0]):.1f},{Y(p[1]):.1f}" for p in s)
+        out.append(f'<polyline fill="none" stroke="{c}" stroke-width="2" points="{points}"/>')
         for p in s:
             out.append(f'<circle cx="{X(p[0]):.1f}" cy="{Y(p[1]):.1f}" r="3" fill="{c}"/>')
             if p[2] is not None and p[3] is not None:
