@@ -106,6 +106,7 @@ def main() -> None:
         t0 = time.perf_counter()
         page, data = write_viewer(tmp / "run")
         build = time.perf_counter() - t0
+        size_mb = page.stat().st_size / 1e6
         empty = tmp / "empty.html"
         empty.write_text("<!doctype html><html><body>empty</body></html>")
         profile = tmp / "chrome"
@@ -119,7 +120,7 @@ def main() -> None:
     in_page_f = statistics.median(ms for _, ms in filtered) / 1000
     wall = statistics.median(w for w, _ in plain)
     print(f"run: {len(data['pairs'])} labelled pairs, {len(data['excluded'])} excluded, {len(data['chains'])} revision chains")
-    print(f"page: {page.stat().st_size / 1e6:.1f} MB, built in {build:.2f} s")
+    print(f"page: {size_mb:.1f} MB, built in {build:.2f} s")
     print(f"in-page load to first render: {in_page:.2f} s (median of {args.repeats}); with a filter and a sort at load: {in_page_f:.2f} s")
     print(f"chromium process: {wall:.2f} s for the page, {empty_wall:.2f} s for an empty page; difference {wall - empty_wall:.2f} s")
     worst = max(in_page, in_page_f, wall - empty_wall)
