@@ -155,8 +155,12 @@ class ImportJob:
         from aifeedback.config import config_hash
 
         chash = config_hash(self.key_config())
-        rows = []
+        rows, excluded = [], []
         for it in items:
+            bad = [c for c in ("response_a", "response_b") if not isinstance(it.get(c), str)]
+            if bad:
+                excluded.append(exclusion(it["pair_id"], "labels", "bad_response", f"{', '.join(bad)} is not text", json.dumps({c: it.get(c) for c in bad}, default=str)[:2000], key))
+                continue
             v = it["verdict"]
             pa = float(v["p_a"])
             rows.append(
@@ -189,4 +193,4 @@ class ImportJob:
                     "__item__": it["pair_id"],
                 }
             )
-        return rows, [], {"model_calls": 0}
+        return rows, excluded, {"model_calls": 0}

@@ -75,7 +75,8 @@ def test_import_then_train_agreement_and_export_read_them_like_any_labels(tmp_pa
     assert all(r["labeler_model"] == "hosted-judge-v1" and r["backend"] == "imported" and r["prob_source"] == "imported:probability" for r in rows.values())
     assert rows["x0"]["p_a"] == pytest.approx(0.9) and rows["x0"]["hard_label"] == "A" and rows["x2"]["hard_label"] == "tie" and rows["x1"]["hard_label"] == "B"
     assert trl_pair(rows["x1"])["chosen"][0]["content"] == "answer b 1"
-    assert "1 verdicts matched no pair" in out.stdout
+    m = store.manifest("labels")
+    assert m["verdicts_matching_no_pair"] == 1 and m["verdicts_matched"] == 4 and m["judge"] == "hosted-judge-v1"
     j = judge_from_run("hosted", str(run))
     assert j.verdicts == {"x0": "A", "x1": "B", "x2": "tie", "x3": "A"}
     exp = _cli(["export", "--run-dir", str(run), "--to-dir", str(tmp_path / "hub")])
@@ -84,6 +85,7 @@ def test_import_then_train_agreement_and_export_read_them_like_any_labels(tmp_pa
 
 @pytest.mark.skipif(not (PANDALM / "testset-v1.json").is_file(), reason="PandaLM data not in ../shared/data/pandalm")
 def test_pandalm_gpt35_verdicts_import_with_their_agreement_unchanged(tmp_path):
+    from aifeedback.store import RunStore
     from labelers.agreement import evaluate, judge_from_file, judge_from_run
     from labelers.human_data import pandalm_items
 
@@ -94,6 +96,12 @@ def test_pandalm_gpt35_verdicts_import_with_their_agreement_unchanged(tmp_path):
     out = _cli(["import-labels", str(PANDALM / "gpt-3.5-turbo-testset-v1.json"), "--judge", "gpt-3.5-turbo", "--run-dir", str(run), "--input", str(pairs), "--set", "tie_margin=0.0"])
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     humans = {h["pair_id"]: h for h in pandalm_items(PANDALM / "testset-v1.json")}
-    from_run = evaluate(judge_from_run("gpt35-run", str(run)), humans, n_boot=200)
-    from_file = evaluate(judge_from_file("gpt35-file", str(PANDALM / "gpt-3.5-turbo-testset-v1.json")), humans, n_boot=200)
+    run_judge = judge_from_run("gpt35-run", str(run))
+    file_judge = judge_from_file("gpt35-file", str(PANDALM / "gpt-3.5-turbo-testset-v1.json"))
+    excluded = {e["item_id"]: e["reason"] for e in RunStore(run).read_table("labels", excluded=True).to_pylist()}
+    assert len(run_judge.verdicts) + len(excluded) == len(pandalm_items(PANDALM / "testset-v1.json"))  # count in = out + excluded
+    assert set(excluded.values()) <= {"bad_response", "no_verdict"}
+    file_judge.verdicts = {k: v for k, v in file_judge.verdicts.items() if k in run_judge.verdicts}  # the same pairs
+    from_run = evaluate(run_judge, humans, n_boot=200)
+    from_file = evaluate(file_judge, humans, n_boot=200)
     assert from_run["agreement"] == pytest.approx(from_file["agreement"]) and from_run["join"]["joined"] == from_file["join"]["joined"]
