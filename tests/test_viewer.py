@@ -157,7 +157,7 @@ def test_viewer_shows_the_run_store(run, tmp_path):
         for x in r["rounds"]:
             kept.append(kept_share(prev, x["revision"]))
             prev = x["revision"]
-    assert chains.count("rewritten: ") == sum(k < 0.3 for k in kept)  # a rewrite is shown whole, an edit as a word diff
+    assert chains.count('class="note">rewritten: ') == sum(k < 0.3 for k in kept)  # a rewrite is shown whole, an edit as a word diff
     if any(0.3 <= k < 1 for k in kept):
         assert "<ins>" in chains or "<del>" in chains
 
