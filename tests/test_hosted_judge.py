@@ -217,7 +217,7 @@ def test_local_backend_counts_exactly_and_the_estimate_matches(embedded_backend,
     src = _pairs_file(tmp_path / "pairs.jsonl", 3)
     overrides = {"input": str(src), "batch_size": 2}
     est = estimate("label", str(tmp_path / "run"), None, overrides)
-    assert est["token_method"].startswith("exact") and est["items_excluded_on_input"] == 1
+    assert est["token_method"].startswith("exact") and est["items_to_compute"] == 4  # the empty-response row is excluded by the labeler, not on input
     s = label_flow(run_dir=str(tmp_path / "run"), overrides=overrides)
     assert s["complete"] and s["n_out"] == 3
     assert (s["requests"], s["prompt_tokens"], s["completion_tokens"]) == (est["requests"], est["prompt_tokens"], 0)
