@@ -136,7 +136,7 @@ class TransformersBackendConfig(BackendConfig):
     # outputs agree to float noise (tests/test_backend_transformers.py), so they are performance knobs
     gen_batch_size: int = Setting(32, affects_output=False, ge=1, le=1024, description="Chats decoded together in one batch (32 was fastest on a 2-core CPU: docs/performance.md).")
     score_batch_size: int = Setting(32, affects_output=False, ge=1, le=4096, description="transformers: scoring prompts evaluated together.")
-    score_strategy: Literal["auto", "grouped", "packed", "batched"] = Setting("auto", affects_output=False, description="transformers: grouped scores each pair's orders together after a shared prefix (no cross-pair padding); packed puts many pairs' orders into one unpadded forward pass over the shared prefix, with a block mask (prefix batching; the CPU default); batched pads many prompts into one pass (best on GPU); auto picks by device.")
+    score_strategy: Literal["auto", "grouped", "packed", "batched"] = Setting("auto", affects_output=False, description="transformers: grouped scores each pair's orders together after a shared prefix (no cross-pair padding; the CPU default); packed puts many pairs' orders into one unpadded forward pass over the shared prefix, with a block mask (prefix batching; slower than grouped on the 2-core CPU, docs/performance.md); batched pads many prompts into one pass (best on GPU); auto picks by device.")
     score_batch_tokens: int = Setting(12288, affects_output=False, ge=256, description="transformers: most padded prompt tokens in one scoring forward pass.")
 
 

@@ -235,7 +235,7 @@ class TransformersBackend:
         seqs = [e[0] for e in encoded]
         strategy = self.cfg.score_strategy
         if strategy == "auto":
-            strategy = "batched" if self.device.type == "cuda" else "packed"
+            strategy = "batched" if self.device.type == "cuda" else "grouped"
         with self._lock:
             if strategy == "grouped":
                 plan = [(list(range(len(seqs))), self._score_grouped(seqs, variants))]
