@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import pandas as pd
+
 from aifeedback.errors import InputError
 
 from .human_data import normalise_verdict
@@ -73,19 +75,33 @@ def judge_from_file(name: str, path: str, id_prefix: str = "", id_column: str | 
     return j
 
 
+def join_humans(judge: Judge, humans: dict[str, dict]) -> tuple[pd.DataFrame, dict]:
+    """The judge's verdicts joined to the human labels, one row per shared pair id (sorted), and the join's counts."""
+    j = pd.DataFrame({"pair_id": list(judge.verdicts), "_verdict": list(judge.verdicts.values())})
+    h = pd.DataFrame([{**row, "pair_id": pid} for pid, row in humans.items()], columns=None if humans else ["pair_id"])
+    both = j.merge(h, on="pair_id", how="outer", indicator=True)
+    side = both["_merge"].value_counts()
+    join = {"judge_items": len(j), "human_items": len(h), "joined": int(side.get("both", 0)), "judge_only": int(side.get("left_only", 0)), "human_only": int(side.get("right_only", 0))}
+    return both[both["_merge"] == "both"].drop(columns="_merge").sort_values("pair_id", ignore_index=True), join
+
+
+def _text_len(df: pd.DataFrame, col: str) -> list[int]:
+    if col not in df:
+        return [0] * len(df)
+    return df[col].fillna("").astype(str).str.len().tolist()
+
+
 def evaluate(judge: Judge, humans: dict[str, dict], n_boot: int = 2000) -> dict:
     """All metrics for one judge against the human labels (items with a human tie are excluded from accuracy)."""
-    ids_j, ids_h = set(judge.verdicts), set(humans)
-    joined = sorted(ids_j & ids_h)
-    join = {"judge_items": len(ids_j), "human_items": len(ids_h), "joined": len(joined), "judge_only": len(ids_j - ids_h), "human_only": len(ids_h - ids_j)}
-    if not joined:
+    joined, join = join_humans(judge, humans)
+    if joined.empty:
+        ids_j, ids_h = sorted(judge.verdicts), sorted(humans)
         raise InputError(
-            f"judge {judge.name!r} shares no pair ids with the human labels ({len(ids_j)} judge ids such as {sorted(ids_j)[:3]}, "
-            f"{len(ids_h)} human ids such as {sorted(ids_h)[:3]}). Label the same pairs (`aifeedback import-pairs` keeps their ids), or write the human labels' ids into the judge file's pair_id column."
+            f"judge {judge.name!r} shares no pair ids with the human labels ({len(ids_j)} judge ids such as {ids_j[:3]}, "
+            f"{len(ids_h)} human ids such as {ids_h[:3]}). Label the same pairs (`aifeedback import-pairs` keeps their ids), or write the human labels' ids into the judge file's pair_id column."
         )
-    decided = [i for i in joined if humans[i]["human"] in ("A", "B")]
-    pred = [judge.verdicts[i] for i in decided]
-    gold = [humans[i]["human"] for i in decided]
+    decided = joined[joined["human"].isin(["A", "B"])]
+    pred, gold = decided["_verdict"].tolist(), decided["human"].tolist()
     acc = accuracy(pred, gold)
     lo, hi = bootstrap_ci(pred, gold, n_boot)
     out: dict = {
@@ -99,15 +115,14 @@ def evaluate(judge: Judge, humans: dict[str, dict], n_boot: int = 2000) -> dict:
         "kappa": cohen_kappa(pred, gold),
         "judge_tie_rate": sum(p == "tie" for p in pred) / max(1, len(pred)),
     }
-    la = [len(str(humans[i].get("response_a") or "")) for i in decided]
-    lb = [len(str(humans[i].get("response_b") or "")) for i in decided]
+    la, lb = _text_len(decided, "response_a"), _text_len(decided, "response_b")
     if any(la) or any(lb):
         out["prefers_longer_ai"] = prefers_longer(pred, la, lb)
         out["prefers_longer_human"] = prefers_longer(gold, la, lb)
     if judge.rows:
-        out["position"] = position_stats([judge.rows[i] for i in joined])
+        out["position"] = position_stats([judge.rows[i] for i in joined["pair_id"]])
     if judge.probs:
-        probs = [judge.probs[i] for i in decided]
+        probs = [judge.probs[i] for i in decided["pair_id"]]
         outcomes = [1 if g == "A" else 0 for g in gold]
         e, bins = ece(probs, outcomes)
         ts = cv_temperature(probs, outcomes) if len(probs) >= 10 else None
@@ -117,11 +132,15 @@ def evaluate(judge: Judge, humans: dict[str, dict], n_boot: int = 2000) -> dict:
             out["temperature_scaling"] = {k: v for k, v in ts.items() if k != "bins_after"}
             out["reliability_after"] = ts["bins_after"]
         out["coverage"] = coverage_curve(probs, pred, gold)
-    cats: dict[str, list[str]] = {}
-    for i in decided:
-        cats.setdefault(str(humans[i].get("category") or humans[i].get("source") or "all"), []).append(i)
-    if len(cats) > 1:
-        out["by_category"] = {c: {"n": len(ids), "agreement": accuracy([judge.verdicts[i] for i in ids], [humans[i]["human"] for i in ids])} for c, ids in sorted(cats.items(), key=lambda kv: -len(kv[1]))[:15]}
+    # a pair's category: its category, else its source, else "all" (empty values fall through)
+    category = pd.Series("all", index=decided.index)
+    for col in ("source", "category"):
+        if col in decided:
+            category = decided[col].where(decided[col].notna() & (decided[col].astype(str) != ""), category).astype(str)
+    by = decided.assign(category=category, hit=decided["_verdict"] == decided["human"]).groupby("category")["hit"].agg(n="size", agreement="mean")
+    if len(by) > 1:
+        by = by.reset_index().sort_values(["n", "category"], ascending=[False, True]).head(15)
+        out["by_category"] = {r.category: {"n": int(r.n), "agreement": float(r.agreement)} for r in by.itertuples()}
     return out
 
 

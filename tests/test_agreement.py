@@ -92,3 +92,24 @@ def test_pandalm_gpt35_judge_against_humans(shared_data):
     r = evaluate(j, humans)
     assert r["join"]["joined"] + r["join"]["human_only"] == 999
     assert 0.7 < r["agreement"] < 0.85  # GPT-3.5 agrees with the human majority about 78% of the time
+
+
+def test_join_counts_and_categories_by_hand():
+    from labelers.agreement import join_humans
+
+    humans = {
+        "a": {"pair_id": "a", "human": "A", "category": "math"},
+        "b": {"pair_id": "b", "human": "B", "category": "math"},
+        "c": {"pair_id": "c", "human": "tie", "category": "code"},
+        "d": {"pair_id": "d", "human": "A", "category": "", "source": "file.jsonl"},
+        "e": {"pair_id": "e", "human": "B", "category": None},
+    }
+    judge = Judge("j", {"a": "A", "b": "A", "c": "B", "d": "A", "z": "B"})
+    joined, join = join_humans(judge, humans)
+    assert join == {"judge_items": 5, "human_items": 5, "joined": 4, "judge_only": 1, "human_only": 1}
+    assert joined["pair_id"].tolist() == ["a", "b", "c", "d"]
+    r = evaluate(judge, humans, n_boot=50)
+    assert (r["n_decided"], r["n_human_ties_excluded"]) == (3, 1)
+    assert r["agreement"] == pytest.approx(2 / 3)
+    # an empty category falls back to the source; math: a right, b wrong
+    assert r["by_category"] == {"math": {"n": 2, "agreement": 0.5}, "file.jsonl": {"n": 1, "agreement": 1.0}}

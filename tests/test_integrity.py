@@ -56,6 +56,8 @@ def labelled(tmp_path_factory):
 
     step("first")
     rows = RunStore(run).read_table("labels").to_pylist()
+    df = RunStore(run).to_pandas("labels")  # the same rows as a DataFrame, derived columns included
+    assert df["pair_id"].tolist() == [r["pair_id"] for r in rows] and df["hard_label"].tolist() == [r["hard_label"] for r in rows]
     margin = statistics.median(abs(r["p_a"] - 0.5) for r in rows)  # about half the pairs become ties
     step("tie_margin", tie_margin=margin)
     step("temperature", tie_margin=margin, temperature=0.5)
