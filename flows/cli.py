@@ -549,11 +549,13 @@ def schedule(
     set_: Optional[list[str]] = Sets,
     limit: int = typer.Option(1, help="Most runs of this deployment at once (1: a run that outlasts the interval is not overlapped)."),
 ) -> None:
-    """Serve a scheduled deployment of a flow here (needs a running Prefect server: PREFECT_API_URL; Ctrl-C stops)."""
+    """Serve a scheduled deployment of a flow here (on PREFECT_API_URL, else the shared local server; Ctrl-C stops)."""
     from aifeedback.config import parse_overrides
     from flows.schedule import flow_parameters, serve_flow
 
-    with _user_errors():
+    from aifeedback.prefect_server import command_api
+
+    with _user_errors(), command_api():  # the configured API, else the shared local server, which can fire schedules
         params = flow_parameters(flow, run_dir, str(config) if config else None, parse_overrides(set_))
         serve_flow(flow, cron=cron, interval=interval, deployment=name, parameters=params, limit=limit)
 
@@ -571,14 +573,16 @@ def runs(
     if run_dir is not None:
         _run_usage(run_dir, as_json)
         return
+    from aifeedback.prefect_server import command_api
     from flows.schedule import recent_runs
 
     try:
-        rows = recent_runs(limit=limit, flow=flow, deployment=deployment, upcoming=upcoming)
+        with _user_errors(), command_api():  # where the commands recorded their runs
+            rows = recent_runs(limit=limit, flow=flow, deployment=deployment, upcoming=upcoming)
     except Exception as exc:  # httpx errors: the server is down or the URL is wrong
         if "connect" not in type(exc).__name__.lower() and "connect" not in str(exc).lower():
             raise
-        _fail(RuntimeError(f"cannot reach the Prefect API ({exc}); start a server (`prefect server start --host 127.0.0.1`) and export PREFECT_API_URL"))
+        _fail(RuntimeError(f"cannot reach the Prefect API ({exc}); check PREFECT_API_URL, or unset it to use the shared local server (`aifeedback server start`)"))
     if as_json:
         print(json.dumps(rows, indent=1, default=str))
         return

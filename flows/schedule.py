@@ -29,8 +29,9 @@ FLOWS = {
 }
 
 NEED_SERVER = (
-    "schedules need a running Prefect server: start one with `prefect server start --host 127.0.0.1` "
-    "and export PREFECT_API_URL=http://127.0.0.1:4200/api (a temporary per-process server cannot fire schedules)"
+    "schedules need a long-lived Prefect server: unset AIFEEDBACK_PREFECT_SERVER=temporary to use the shared local one "
+    "(`aifeedback server start`), or start one with `prefect server start --host 127.0.0.1` and export PREFECT_API_URL=http://127.0.0.1:4200/api "
+    "(a temporary per-process server cannot fire schedules)"
 )
 
 
