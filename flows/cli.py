@@ -731,11 +731,14 @@ def demo(
     prompts: int = typer.Option(4, help="How many prompts from data/prompts."),
 ) -> None:
     """The demo on the embedded models: generate, revise, label; agreement on a human gold slice; export; a viewer page."""
+    from aifeedback.prefect_server import command_api
+
     with _user_errors():
         from flows.demo import demo_flow, show
 
         t0 = time.perf_counter()
-        out = demo_flow(run_dir=run_dir, n_prompts=prompts)
+        with command_api():  # recorded where `aifeedback runs` looks, like every stage command
+            out = demo_flow(run_dir=run_dir, n_prompts=prompts)
         console.print(f"\n[bold green]demo pipeline finished in {time.perf_counter() - t0:.0f} s[/]. Outputs:")
         for k, v in out.items():
             console.print(f"  {k}: {v}", soft_wrap=True)
