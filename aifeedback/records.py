@@ -154,3 +154,15 @@ def stable_id(*parts: object, n: int = 16) -> str:
 
 def exclusion(item_id: str, stage: str, reason: str, detail: str = "", raw: str | None = None, batch_key: str = "") -> dict:
     return {"item_id": str(item_id), "stage": stage, "reason": reason, "detail": detail, "raw": raw, "batch_key": batch_key}
+
+
+def split_text_pairs(items: list[dict], stage: str, reason: str, batch_key: str = "") -> tuple[list[dict], list[dict]]:
+    """Pairs whose response_a and response_b are both text, and an exclusion row (with the raw values) for each other pair."""
+    good, excluded = [], []
+    for it in items:
+        bad = [c for c in ("response_a", "response_b") if not isinstance(it.get(c), str)]
+        if bad:
+            excluded.append(exclusion(it["pair_id"], stage, reason, f"{', '.join(bad)} is not text", json.dumps({c: it.get(c) for c in bad}, default=str)[:2000], batch_key))
+        else:
+            good.append(it)
+    return good, excluded

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from aifeedback.errors import InputError
-from aifeedback.records import LABEL_OUTPUTS, exclusion
+from aifeedback.records import LABEL_OUTPUTS, exclusion, split_text_pairs
 from aifeedback.stage import Excluded
 
 from .human_data import normalise_verdict
@@ -155,12 +155,9 @@ class ImportJob:
         from aifeedback.config import config_hash
 
         chash = config_hash(self.key_config())
-        rows, excluded = [], []
-        for it in items:
-            bad = [c for c in ("response_a", "response_b") if not isinstance(it.get(c), str)]
-            if bad:
-                excluded.append(exclusion(it["pair_id"], "labels", "bad_response", f"{', '.join(bad)} is not text", json.dumps({c: it.get(c) for c in bad}, default=str)[:2000], key))
-                continue
+        good, excluded = split_text_pairs(items, "labels", "bad_response", key)
+        rows = []
+        for it in good:
             v = it["verdict"]
             pa = float(v["p_a"])
             rows.append(

@@ -174,16 +174,10 @@ class RMLabelJob:
         import time
 
         from aifeedback.config import config_hash
-        from aifeedback.records import exclusion
+        from aifeedback.records import split_text_pairs
 
         scorer = cached_scorer(self.model_dir, self.max_length)
-        good, excluded = [], []
-        for it in items:
-            bad = [c for c in ("response_a", "response_b") if not isinstance(it.get(c), str)]
-            if bad:
-                excluded.append(exclusion(it["pair_id"], "labels", "missing_response", f"{', '.join(bad)} is not text", json.dumps({c: it.get(c) for c in bad}, default=str), key))
-            else:
-                good.append(it)
+        good, excluded = split_text_pairs(items, "labels", "missing_response", key)
         t0 = time.perf_counter()
         r_a, r_b = scorer.pair_rewards(good) if good else ([], [])
         secs = time.perf_counter() - t0
