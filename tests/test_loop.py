@@ -178,3 +178,17 @@ def test_bad_inputs_are_clear_messages(tiny_world, tmp_path):
     p = _cli(["loop", "--run-dir", str(tmp_path / "r"), "--set", "iterations=0", "--set", f"prompts={tiny_world['prompts']}"])
     out = p.communicate()[0]
     assert p.returncode == 2 and "iterations must be at least 1" in out, out[-2000:]
+
+
+def test_best_worst_keeps_the_pair_between_top_and_bottom_response():
+    from trainers.loop import best_worst
+
+    def row(pid, a, b, p):
+        return {"prompt_id": pid, "response_a": a, "response_b": b, "p_a": p}
+
+    # prompt x: rewards z > y > w (consistent probabilities); prompt q: two responses; one excluded row
+    rows = [row("x", "w", "y", 0.3), row("x", "w", "z", 0.1), row("x", "y", "z", 0.4), row("q", "a", "b", 0.5), row("q", "a", "c", None)]
+    picked = best_worst(rows)
+    assert [(r["prompt_id"], r["response_a"], r["response_b"]) for r in picked] == [("x", "w", "z"), ("q", "a", "b")]
+    # the pair keeps its own orientation and label: the trainer reads the winner from it
+    assert picked[0]["p_a"] == 0.1

@@ -148,43 +148,31 @@ def load_loop_prompts(cfg: LoopConfig) -> tuple[list[dict], list[dict]]:
 
 
 # sampling ------------------------------------------------------------------------
-def load_causal_lm(model_id: str):
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+def policy_backend(model_id: str, batch_size: int):
+    """The transformers backend on a policy (the embedded model or a checkpoint folder): its batched decoder samples."""
+    from aifeedback.backends.hf_local import TransformersBackend
+    from aifeedback.config import TransformersBackendConfig
 
-    from aifeedback.models import resolve
-
-    path = resolve(model_id).path
-    tok = AutoTokenizer.from_pretrained(path)
-    if tok.pad_token is None:
-        tok.pad_token = tok.eos_token
-    tok.padding_side = "left"
-    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
-    return model, tok
+    return TransformersBackend(TransformersBackendConfig(model=model_id, gen_batch_size=batch_size))
 
 
-def sample(model, tok, prompts: list[dict], n: int, max_new_tokens: int, temperature: float, batch_size: int, seed: int) -> list[dict]:
-    """n sampled responses per prompt: dicts with prompt_id, messages, sample_index, response, ids (prompt, generated), finish_reason."""
-    import torch
+def sample(backend, prompts: list[dict], n: int, max_new_tokens: int, temperature: float, seed: int) -> list[dict]:
+    """n sampled responses per prompt (the backend's batched decoder, full-vocabulary sampling at ``temperature``):
+    dicts with prompt_id, messages, sample_index, response, ids (prompt, generated, the stop token included) and finish_reason.
+    Each response has its own seed (seed, prompt position, sample index), so a sample does not depend on the batch it fell in."""
+    from aifeedback.config import SamplingConfig
 
-    jobs = [(p, i) for p in prompts for i in range(n)]
+    tok = backend.tok
+    jobs = [(j, p, i) for j, p in enumerate(prompts) for i in range(n)]
+    ids = [backend.encode(backend.render(p["messages"])) for _, p, _ in jobs]
+    seeds = [(seed * 1_000_003 + j * 1_009 + i) % 2**63 for j, _, i in jobs]
+    params = SamplingConfig(temperature=temperature, top_p=1.0, max_new_tokens=max_new_tokens)
     out = []
-    for s in range(0, len(jobs), batch_size):
-        chunk = jobs[s : s + batch_size]
-        texts = [tok.apply_chat_template(p["messages"], tokenize=False, add_generation_prompt=True) for p, _ in chunk]
-        enc = tok(texts, return_tensors="pt", padding=True, add_special_tokens=False)
-        torch.manual_seed(seed * 1_000_003 + s)
-        with torch.no_grad():
-            seqs = model.generate(**enc, do_sample=True, temperature=temperature, top_p=1.0, top_k=0, max_new_tokens=max_new_tokens, pad_token_id=tok.pad_token_id)
-        plen = enc["input_ids"].shape[1]
-        for (p, i), row, am, seq in zip(chunk, enc["input_ids"], enc["attention_mask"], seqs):
-            gen = seq[plen:].tolist()
-            finish = "length"
-            if tok.eos_token_id in gen:
-                gen = gen[: gen.index(tok.eos_token_id) + 1]
-                finish = "stop"
-            prompt_ids = row[am.bool()].tolist()
-            out.append({"prompt_id": p["prompt_id"], "messages": p["messages"], "sample_index": i, "response": tok.decode(gen, skip_special_tokens=True).strip(), "prompt_ids": prompt_ids, "gen_ids": gen, "finish_reason": finish})
+    for (_, p, i), prompt_ids, (gen, finish) in zip(jobs, ids, backend.sample_tokens(ids, params, seeds)):
+        text = tok.decode(gen, skip_special_tokens=True).strip()
+        if finish == "stop":
+            gen = gen + [tok.eos_token_id]  # the stop token's probability belongs to the sequence (KL)
+        out.append({"prompt_id": p["prompt_id"], "messages": p["messages"], "sample_index": i, "response": text, "prompt_ids": prompt_ids, "gen_ids": gen, "finish_reason": finish})
     return out
 
 
@@ -211,7 +199,7 @@ def seq_logprob(model, samples: list[dict], temperature: float, batch_size: int 
     return out
 
 
-def responses_rows(samples: list[dict], model_id: str, seed: int, tok) -> list[dict]:
+def responses_rows(samples: list[dict], model_id: str, seed: int) -> list[dict]:
     from aifeedback.config import config_hash
     from aifeedback.records import stable_id
 
@@ -247,10 +235,9 @@ def stage_sample(run: Path, cfg: LoopConfig, k: int, train: list[dict]) -> dict:
 
     t0 = time.perf_counter()
     policy = policy_for(run, cfg, k)
-    model, tok = load_causal_lm(policy)
     seed = cfg.seed + k
-    samples = sample(model, tok, train, cfg.n_responses, cfg.max_new_tokens, cfg.sampling_temperature, cfg.gen_batch_size, seed)
-    rows = responses_rows(samples, policy, seed, tok)
+    samples = sample(policy_backend(policy, cfg.gen_batch_size), train, cfg.n_responses, cfg.max_new_tokens, cfg.sampling_temperature, seed)
+    rows = responses_rows(samples, policy, seed)
     store = RunStore(iter_dir(run, k))
     key = f"iter{k}-{len(rows)}"
     for r in rows:
@@ -331,12 +318,15 @@ def stage_train(run: Path, cfg: LoopConfig, k: int, train_prompts: list[dict]) -
     seed = cfg.seed + k
     if cfg.method == "dpo":
         labels = RunStore(d).read_table("labels").to_pylist()
+        n_labelled = len(labels)
+        if cfg.dpo_pairs == "best_worst":
+            labels = best_worst(labels)
         dcfg = DPOTrainConfig(policy=policy, beta=cfg.beta, soft_labels=cfg.soft_labels, min_confidence=cfg.min_confidence, epochs=cfg.epochs, batch_size=cfg.batch_size, max_length=cfg.max_length, lr=cfg.lr, seed=seed)
         rows, smoothing = dpo_dataset(labels, dcfg)
         if not rows:
             raise InputError(f"iteration {k}: every labelled pair is a tie or below min_confidence, so there is nothing to train on; lower label.tie_margin or min_confidence, or sample more responses")
         res = train_dpo(dcfg, rows, str(work), smoothing, model=model, tokenizer=tok)
-        info = {"method": "dpo", "n_pairs": len(rows), "label_smoothing": smoothing, "steps": res["steps"], "loss_first": res["losses"][0] if res["losses"] else None, "loss_last": res["losses"][-1] if res["losses"] else None}
+        info = {"method": "dpo", "dpo_pairs": cfg.dpo_pairs, "n_labelled": n_labelled, "n_selected": len(labels), "n_pairs": len(rows), "label_smoothing": smoothing, "steps": res["steps"], "loss_first": res["losses"][0] if res["losses"] else None, "loss_last": res["losses"][-1] if res["losses"] else None}
     else:
         from labelers.rm_labeler import cached_scorer
 
@@ -360,6 +350,31 @@ def stage_train(run: Path, cfg: LoopConfig, k: int, train_prompts: list[dict]) -
     os.replace(tmp, d / "policy")
     shutil.rmtree(work, ignore_errors=True)
     return finish_stage(run, k, "train", {**info, "from_policy": policy, "checkpoint": str(d / "policy")}, time.perf_counter() - t0)
+
+
+def best_worst(label_rows: list[dict]) -> list[dict]:
+    """Per prompt, the labelled pair between its best and its worst response.
+
+    A response's score is its summed win probability (p_a as A, 1 - p_a as B) over the pairs it is
+    in; the pair joining the top and the bottom scorer is kept, oriented by its own label (so a tie
+    stays a tie and is dropped by dpo_dataset). Pairs without a soft label (excluded) are skipped.
+    """
+    by_prompt: dict[str, list[dict]] = {}
+    for r in label_rows:
+        if r.get("p_a") is not None:
+            by_prompt.setdefault(r["prompt_id"], []).append(r)
+    out = []
+    for rows in by_prompt.values():
+        score: dict[str, float] = {}
+        for r in rows:
+            score[r["response_a"]] = score.get(r["response_a"], 0.0) + r["p_a"]
+            score[r["response_b"]] = score.get(r["response_b"], 0.0) + 1 - r["p_a"]
+        ranked = sorted(score, key=lambda t: (-score[t], t))
+        top, bottom = ranked[0], ranked[-1]
+        pick = [r for r in rows if {r["response_a"], r["response_b"]} == {top, bottom}]
+        if pick:
+            out.append(pick[0])
+    return out
 
 
 def scorer_prompt(p) -> str:
@@ -410,8 +425,7 @@ def baseline(run: Path, cfg: LoopConfig, held: list[dict]) -> dict:
         return {"rows": pq.read_table(dest).to_pylist(), "skipped": True}
     t0 = time.perf_counter()
     dest.parent.mkdir(parents=True, exist_ok=True)
-    model, tok = load_causal_lm(cfg.policy)
-    samples = sample(model, tok, held, cfg.eval_samples, cfg.max_new_tokens, cfg.sampling_temperature, cfg.gen_batch_size, cfg.seed + 10_000)
+    samples = sample(policy_backend(cfg.policy, cfg.gen_batch_size), held, cfg.eval_samples, cfg.max_new_tokens, cfg.sampling_temperature, cfg.seed + 10_000)
     ev = cached_scorer(cfg.evaluator)
     rewards = ev.score([scorer_prompt(x["messages"]) for x in samples], [x["response"] for x in samples])
     _write_parquet(_eval_table(samples, rewards), dest)
@@ -489,13 +503,10 @@ def stage_eval(run: Path, cfg: LoopConfig, k: int, held: list[dict]) -> dict:
     t0 = time.perf_counter()
     base = baseline(run, cfg, held)["rows"]
     d = iter_dir(run, k)
-    model, tok = load_causal_lm(str(d / "policy"))
-    samples = sample(model, tok, held, cfg.eval_samples, cfg.max_new_tokens, cfg.sampling_temperature, cfg.gen_batch_size, cfg.seed + 10_000)
-    logp_new = seq_logprob(model, samples, cfg.sampling_temperature)
-    del model
-    ref, _ = load_causal_lm(cfg.policy)
-    logp_ref = seq_logprob(ref, samples, cfg.sampling_temperature)
-    del ref
+    new = policy_backend(str(d / "policy"), cfg.gen_batch_size)
+    samples = sample(new, held, cfg.eval_samples, cfg.max_new_tokens, cfg.sampling_temperature, cfg.seed + 10_000)
+    logp_new = seq_logprob(new.model, samples, cfg.sampling_temperature)
+    logp_ref = seq_logprob(policy_backend(cfg.policy, cfg.gen_batch_size).model, samples, cfg.sampling_temperature)
     ev = cached_scorer(cfg.evaluator)
     rewards = ev.score([scorer_prompt(x["messages"]) for x in samples], [x["response"] for x in samples])
     _write_parquet(_eval_table(samples, rewards, logp_ref, logp_new), d / "eval.parquet")

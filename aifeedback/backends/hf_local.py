@@ -140,6 +140,24 @@ class TransformersBackend:
         usage.record(sum(c.prompt_tokens for c in done), sum(c.completion_tokens for c in done), requests=len(done))
         return results
 
+    def sample_tokens(self, prompts: list[list[int]], params: SamplingConfig, seeds: list[int]) -> list[tuple[list[int], str]]:
+        """Decode already-tokenised prompts with the batched decoder: (generated ids, finish reason) per prompt, in order.
+
+        The ids exclude the stop token (finish "stop"); callers that need sequence log-probabilities
+        (the loop's KL) work from these exact ids rather than from re-tokenised text.
+        """
+        order = sorted(range(len(prompts)), key=lambda r: len(prompts[r]))
+        out: list[tuple[list[int], str]] = [([], "length")] * len(prompts)
+        bs = self.cfg.gen_batch_size
+        with self._lock:
+            for s in range(0, len(order), bs):
+                idx = order[s : s + bs]
+                for r, res in zip(idx, self._decode([prompts[r] for r in idx], params, [seeds[r] for r in idx])):
+                    out[r] = res
+                    self.stats.tokens_generated += len(res[0])
+                    self.stats.tokens_prefilled += len(prompts[r])
+        return out
+
     def _decode(self, prompts: list[list[int]], params: SamplingConfig, seeds: list[int | None]) -> list[tuple[list[int], str]]:
         import torch
         from transformers import DynamicCache
