@@ -192,3 +192,28 @@ def test_best_worst_keeps_the_pair_between_top_and_bottom_response():
     assert [(r["prompt_id"], r["response_a"], r["response_b"]) for r in picked] == [("x", "w", "z"), ("q", "a", "b")]
     # the pair keeps its own orientation and label: the trainer reads the winner from it
     assert picked[0]["p_a"] == 0.1
+
+
+def test_seq_logprob_equals_per_sequence_log_softmax():
+    """The batched, head-on-generated-positions-only KL term equals the plain per-sequence computation."""
+    import random
+
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from trainers.loop import seq_logprob
+
+    torch.manual_seed(0)
+    m = LlamaForCausalLM(LlamaConfig(vocab_size=100, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=4)).eval()
+    rng = random.Random(0)
+    samples = [{"prompt_ids": [rng.randrange(100) for _ in range(rng.randrange(1, 12))], "gen_ids": [rng.randrange(100) for _ in range(rng.randrange(0, 9))]} for _ in range(21)]
+
+    def reference(x, t):
+        ids = torch.tensor([x["prompt_ids"] + x["gen_ids"]])
+        with torch.no_grad():
+            lp = torch.log_softmax(m(input_ids=ids).logits.float() / t, -1)[0]
+        a = len(x["prompt_ids"])
+        return float(sum(lp[a - 1 + i, g] for i, g in enumerate(x["gen_ids"])))
+
+    got = seq_logprob(m, samples, 0.7, batch_size=4)
+    assert any(not x["gen_ids"] for x in samples)  # an empty response counts 0
+    assert got == pytest.approx([reference(x, 0.7) for x in samples], abs=1e-4)
