@@ -206,6 +206,7 @@ def test_seq_logprob_equals_per_sequence_log_softmax():
     m = LlamaForCausalLM(LlamaConfig(vocab_size=100, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=4)).eval()
     rng = random.Random(0)
     samples = [{"prompt_ids": [rng.randrange(100) for _ in range(rng.randrange(1, 12))], "gen_ids": [rng.randrange(100) for _ in range(rng.randrange(0, 9))]} for _ in range(21)]
+    samples.append({"prompt_ids": [5, 6, 7], "gen_ids": []})
 
     def reference(x, t):
         ids = torch.tensor([x["prompt_ids"] + x["gen_ids"]])
