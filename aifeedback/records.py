@@ -146,9 +146,30 @@ EXCLUSIONS = pa.schema(
 )
 
 
+def _content_json():
+    """``json.dumps(obj, sort_keys=True, ensure_ascii=False, default=str)``, the text content hashes are
+    taken of, as one encoder built once: the same string, without building an encoder per call (twice a
+    pair in the label stage). The C encoder without its circular-reference check when this Python has it
+    (content is parsed data, never circular), else the standard encoder object."""
+    enc = json.JSONEncoder(ensure_ascii=False, default=str, sort_keys=True)
+    try:
+        from json.encoder import c_make_encoder, encode_basestring
+
+        c = c_make_encoder(None, str, encode_basestring, None, ": ", ", ", True, False, True)
+        probe = ({"b": [1, 2.5, None, True, "\u00e9\n\"", float("nan")], "a": ("x", {"z": -1e300, "y": object.__name__})}, "s")
+        if "".join(c(probe, 0)) == enc.encode(probe):
+            return lambda obj: "".join(c(obj, 0))
+    except (ImportError, TypeError, ValueError):  # another Python's private encoder: the standard one
+        return enc.encode
+    return enc.encode
+
+
+content_json = _content_json()
+
+
 def stable_id(*parts: object, n: int = 16) -> str:
     """Content hash used for prompt, response and pair ids."""
-    blob = json.dumps(parts, sort_keys=True, ensure_ascii=False, default=str)
+    blob = content_json(parts)
     return hashlib.sha256(blob.encode("utf-8", "surrogatepass")).hexdigest()[:n]
 
 

@@ -129,7 +129,9 @@ def main() -> None:
         if args.baseline:  # the same sizes with an older checkout's flow (this bench's instant backend)
             runs = [(Path(args.baseline).resolve(), int(x)) for x in (args.baseline_sizes or args.sizes).split(",")] + runs
         for repo, n in runs:
-            out = subprocess.run([sys.executable, __file__, "--one", str(n), "--batch-size", str(args.batch_size), "--workdir", tmp, "--runner", args.runner] + (["--workers", str(args.workers)] if args.workers else []), capture_output=True, text=True, env=dict(os.environ, PYTHONPATH=str(repo)))
+            work = Path(tmp) / ("this" if repo == REPO else "baseline")  # its own run store: never reuse the other code's shards
+            work.mkdir(exist_ok=True)
+            out = subprocess.run([sys.executable, __file__, "--one", str(n), "--batch-size", str(args.batch_size), "--workdir", str(work), "--runner", args.runner] + (["--workers", str(args.workers)] if args.workers else []), capture_output=True, text=True, env=dict(os.environ, PYTHONPATH=str(repo)))
             line = next((ln for ln in out.stdout.splitlines() if ln.startswith("RESULT ")), None)
             if line is None:
                 sys.exit(f"size {n} ({repo}) failed:\n{out.stdout[-3000:]}\n{out.stderr[-3000:]}")

@@ -16,7 +16,7 @@ from prefect.cache_policies import NO_CACHE
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from aifeedback.provenance import git_commit, library_versions
-from aifeedback.stage import Batch, BatchResult, Excluded, Reuse, StageJob, iter_batches, run_batch
+from aifeedback.stage import Batch, BatchResult, Excluded, Reuse, StageJob, iter_batches, run_batch, stage_gc
 from aifeedback.store import RunStore
 from aifeedback.usage import summarise as usage_summary
 
@@ -88,7 +88,7 @@ def execute_stage(
     pending: deque = deque()
     n_batches = n_submitted = 0
     runner_ctx = task_runner if task_runner is not None else contextlib.nullcontext()
-    with runner_ctx, Progress(TextColumn(f"[bold]{job.stage}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), disable=not show_progress) as bar:
+    with stage_gc(), runner_ctx, Progress(TextColumn(f"[bold]{job.stage}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), disable=not show_progress) as bar:
         tid = bar.add_task(job.stage, total=None)
         for b in iter_batches(store, job, stream, batch_size, reuse):
             keys.append(b.key)
