@@ -281,6 +281,7 @@ class TransformersBackend:
             return [self._score_sequences_single(s, variants)[0] for s in seqs]
 
         fwd = self._fwd
+        fold = self._fold_token(variants)
         out: list[list[float | None]] = []
         with torch.inference_mode():
             cache = DynamicCache()
@@ -297,11 +298,41 @@ class TransformersBackend:
                 ids, sm = _left_pad([seqs[r][lg:] for r in range(a, b)], self.pad_id)
                 mask = torch.cat([torch.ones((rows, lg), dtype=torch.long), sm], dim=1)
                 pos = lg + (sm.cumsum(-1) - 1).clamp(min=0)
+                if fold is not None:
+                    out.extend(self._suffix_with_fold(ids, mask, pos, cache, fold, variants))
+                    continue
                 last = fwd(ids, mask, pos, cache)
                 first_lp = torch.log_softmax(last, dim=-1).cpu()
                 real = lg + sm.sum(-1, keepdim=True)
                 out.extend(self._candidate_logprobs(first_lp, variants, cache, mask, real, rows))
         return out
+
+    @staticmethod
+    def _fold_token(variants) -> int | None:
+        """The one token that starts every multi-token candidate spelling (" 1" = " " + "1"), if there is exactly one
+        such prefix of length 1: it can ride along in the suffix pass instead of costing a pass of its own."""
+        multi = {tuple(s[:d]) for v in variants for s in v if len(s) > 1 for d in range(1, len(s))}
+        if len(multi) == 1:
+            (pref,) = multi
+            if len(pref) == 1:
+                return pref[0]
+        return None
+
+    def _suffix_with_fold(self, ids, mask, pos, cache, fold: int, variants) -> list[list[float | None]]:
+        """The suffix pass with the fold token appended: causal attention makes the logits at the suffix's last
+        token those of the pass without it, and the appended position gives the candidates' second tokens."""
+        import torch
+
+        rows = ids.shape[0]
+        self.stats.tokens_prefilled += int(mask[:, -ids.shape[1] :].sum())
+        ids = torch.cat([ids, torch.full((rows, 1), fold, dtype=torch.long)], dim=1)
+        mask = torch.cat([mask, torch.ones((rows, 1), dtype=torch.long)], dim=1)
+        pos = torch.cat([pos, pos[:, -1:] + 1], dim=1)
+        dev = self.device
+        o = self.model(input_ids=ids.to(dev), attention_mask=mask.to(dev), position_ids=pos.to(dev), **{self._ckw: cache}, use_cache=True, logits_to_keep=2)
+        lp = torch.log_softmax(o.logits[:, -2:, :].float(), dim=-1).cpu()
+        first_lp, after_fold = lp[:, 0], lp[:, 1]
+        return _combine_candidates(first_lp, variants, lambda pref: after_fold)
 
     def _score_packed(self, seqs: list[list[int]], variants) -> list[list[float | None]]:
         """Prefix batching: the call's shared prefix once, then many groups (a pair's orders) packed into one
