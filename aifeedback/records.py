@@ -177,13 +177,29 @@ def exclusion(item_id: str, stage: str, reason: str, detail: str = "", raw: str 
     return {"item_id": str(item_id), "stage": stage, "reason": reason, "detail": detail, "raw": raw, "batch_key": batch_key}
 
 
-def split_text_pairs(items: list[dict], stage: str, reason: str, batch_key: str = "") -> tuple[list[dict], list[dict]]:
-    """Pairs whose response_a and response_b are both text, and an exclusion row (with the raw values) for each other pair."""
+def pair_problem(pair: dict) -> tuple[str, str, str | None] | None:
+    """Why a pair cannot be labelled, as (reason, detail, raw value), or None: the one definition
+    every labeler applies (LLM judge, reward model, imported verdicts)."""
+    a, b = pair.get("response_a"), pair.get("response_b")
+    for name, v in (("response_a", a), ("response_b", b)):
+        if v is None:
+            return "missing_response", f"{name} is null or absent in this row; every pair needs both responses", None
+        if not isinstance(v, str):
+            return "wrong_type", f"{name} must be text, got {type(v).__name__}", str(v)[:500]
+        if not v.strip():
+            return "empty_response", f"{name} is empty; there is nothing to compare", None
+    if a.strip() == b.strip():
+        return "identical_responses", "response_a and response_b are identical; a preference between them is meaningless", a[:500]
+    return None
+
+
+def split_text_pairs(items: list[dict], stage: str, batch_key: str = "") -> tuple[list[dict], list[dict]]:
+    """The pairs that can be labelled, and an exclusion row (reason from :func:`pair_problem`) for each other pair."""
     good, excluded = [], []
     for it in items:
-        bad = [c for c in ("response_a", "response_b") if not isinstance(it.get(c), str)]
-        if bad:
-            excluded.append(exclusion(it["pair_id"], stage, reason, f"{', '.join(bad)} is not text", json.dumps({c: it.get(c) for c in bad}, default=str)[:2000], batch_key))
-        else:
+        problem = pair_problem(it)
+        if problem is None:
             good.append(it)
+        else:
+            excluded.append(exclusion(it["pair_id"], stage, *problem, batch_key=batch_key))
     return good, excluded

@@ -155,7 +155,7 @@ class ImportJob:
         from aifeedback.config import config_hash
 
         chash = config_hash(self.key_config())
-        good, excluded = split_text_pairs(items, "labels", "bad_response", key)
+        good, excluded = split_text_pairs(items, "labels", key)
         rows = []
         for it in good:
             v = it["verdict"]

@@ -18,7 +18,7 @@ from aifeedback.config import LabelConfig, SamplingConfig
 from aifeedback.constitution import Constitution
 from aifeedback.errors import ConfigError
 from aifeedback.preference import Derivation, derive
-from aifeedback.records import exclusion
+from aifeedback.records import exclusion, pair_problem
 
 from .injection import pair_flags
 from .scores import calibrate, expected_score, normalised_reward
@@ -73,16 +73,10 @@ class Labeler:
 
     def prepare(self, pair: dict) -> tuple[Prepared | None, dict | None]:
         cfg, pid = self.cfg, pair["pair_id"]
-        a, b = pair.get("response_a"), pair.get("response_b")
-        for name, v in (("response_a", a), ("response_b", b)):
-            if v is None:
-                return None, exclusion(pid, "labels", "missing_response", f"{name} is null or absent in this row; every pair needs both responses")
-            if not isinstance(v, str):
-                return None, exclusion(pid, "labels", "wrong_type", f"{name} must be text, got {type(v).__name__}", str(v)[:500])
-            if not v.strip():
-                return None, exclusion(pid, "labels", "empty_response", f"{name} is empty; there is nothing to compare")
-        if a.strip() == b.strip():
-            return None, exclusion(pid, "labels", "identical_responses", "response_a and response_b are identical; a preference between them is meaningless", a[:500])
+        problem = pair_problem(pair)
+        if problem is not None:
+            return None, exclusion(pid, "labels", *problem)
+        a, b = pair["response_a"], pair["response_b"]
         context, t0 = self._truncate(format_context(pair["messages"]), cfg.max_context_tokens, "tail")
         a2, t1 = self._truncate(a, cfg.max_response_tokens, "head")
         b2, t2 = self._truncate(b, cfg.max_response_tokens, "head")

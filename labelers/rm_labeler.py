@@ -177,7 +177,7 @@ class RMLabelJob:
         from aifeedback.records import split_text_pairs
 
         scorer = cached_scorer(self.model_dir, self.max_length)
-        good, excluded = split_text_pairs(items, "labels", "missing_response", key)
+        good, excluded = split_text_pairs(items, "labels", key)
         t0 = time.perf_counter()
         r_a, r_b = scorer.pair_rewards(good) if good else ([], [])
         secs = time.perf_counter() - t0

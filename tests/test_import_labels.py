@@ -100,7 +100,7 @@ def test_pandalm_gpt35_verdicts_import_with_their_agreement_unchanged(tmp_path):
     file_judge = judge_from_file("gpt35-file", str(PANDALM / "gpt-3.5-turbo-testset-v1.json"))
     excluded = {e["item_id"]: e["reason"] for e in RunStore(run).read_table("labels", excluded=True).to_pylist()}
     assert len(run_judge.verdicts) + len(excluded) == len(pandalm_items(PANDALM / "testset-v1.json"))  # count in = out + excluded
-    assert set(excluded.values()) <= {"bad_response", "no_verdict"}
+    assert set(excluded.values()) <= {"missing_response", "wrong_type", "empty_response", "identical_responses", "no_verdict"}
     file_judge.verdicts = {k: v for k, v in file_judge.verdicts.items() if k in run_judge.verdicts}  # the same pairs
     from_run = evaluate(run_judge, humans, n_boot=200)
     from_file = evaluate(file_judge, humans, n_boot=200)

@@ -109,14 +109,15 @@ def test_label_cli_with_an_rm_labeler_writes_label_rows_that_export_reads(tmp_pa
     rm = tiny_rm(tmp_path / "rm")
     pairs = _pairs(8)
     f = tmp_path / "pairs.jsonl"
-    f.write_text("".join(json.dumps({"pair_id": p["pair_id"], "prompt": p["messages"][0]["content"], "response_a": p["response_a"], "response_b": p["response_b"]}) + "\n" for p in pairs) + json.dumps({"pair_id": "bad", "prompt": "q", "response_a": None, "response_b": "x"}) + "\n")
+    f.write_text("".join(json.dumps({"pair_id": p["pair_id"], "prompt": p["messages"][0]["content"], "response_a": p["response_a"], "response_b": p["response_b"]}) + "\n" for p in pairs) + json.dumps({"pair_id": "bad", "prompt": "q", "response_a": None, "response_b": "x"}) + "\n" + json.dumps({"pair_id": "same", "prompt": "q", "response_a": "ok ", "response_b": "ok"}) + "\n")
     run = tmp_path / "run"
     out = _cli(["label", "--run-dir", str(run), "--input", str(f), "--labeler", f"rm:{rm}", "--set", "tie_margin=0.0"])
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     store = RunStore(run)
     rows = store.read_table("labels").to_pylist()
     excl = store.read_table("labels", excluded=True).to_pylist()
-    assert len(rows) + len(excl) == 9 and [e["reason"] for e in excl] == ["missing_response"]  # count in = count out + excluded
+    # count in = count out + excluded; the exclusions are the LLM labeler's (aifeedback.records.pair_problem)
+    assert len(rows) + len(excl) == 10 and sorted(e["reason"] for e in excl) == ["identical_responses", "missing_response"]
     assert all(r["backend"] == "reward_model" and r["labeler_model"] == f"rm:{rm.resolve()}" and r["p_ab"] == r["p_ba"] for r in rows)
     assert all(trl_pair(r)["chosen_was"] == r["hard_label"] for r in rows)  # tie margin 0: no ties
     exp = _cli(["export", "--run-dir", str(run), "--to-dir", str(tmp_path / "hub")])
