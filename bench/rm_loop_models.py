@@ -10,6 +10,7 @@ The two RMs' training items are disjoint. Each is reported on held-out PandaLM, 
 subset of each where the human-preferred response is the shorter one, against prefer-the-longer.
 
 Usage: flock /tmp/aif-cpu.lock .venv/bin/python bench/rm_loop_models.py --out runs/loop-rms [--epochs 3] [--which labeler,evaluator]
+       [--sources gpt35,pandalm7b] [--length-weight 0.1] [--lr 3e-5] [--no-odin] [--no-balance]
 """
 
 from __future__ import annotations
@@ -91,6 +92,7 @@ def main() -> None:
     ap.add_argument("--max-length", type=int, default=128)
     ap.add_argument("--lr", type=float, default=3e-5)
     ap.add_argument("--no-odin", action="store_true")
+    ap.add_argument("--length-weight", type=float, default=1.0, help="ODIN: weight of the length-correlation terms (RewardConfig.length_weight)")
     ap.add_argument("--no-balance", action="store_true")
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args()
@@ -111,7 +113,7 @@ def main() -> None:
     results = {"split": {k: len(v) for k, v in sp.items()}, "args": vars(args)}
     for which in args.which.split(","):
         rows = verdict_rows(sp["labeler"], args.sources.split(",")) if which == "labeler" else human_rows(sp["evaluator"])
-        cfg = RewardConfig(labels="soft", epochs=args.epochs, seed=args.seed, max_length=args.max_length, batch_size=16, lr=args.lr, length_head=not args.no_odin, length_balance=not args.no_balance, early_stopping=True)
+        cfg = RewardConfig(labels="soft", epochs=args.epochs, seed=args.seed, max_length=args.max_length, batch_size=16, lr=args.lr, length_head=not args.no_odin, length_weight=args.length_weight, length_balance=not args.no_balance, early_stopping=True)
         t0 = time.perf_counter()
         tr = RewardTrainer(cfg)
         res = tr.train(rows, sp["held"], gold_rows=sp["gold"])
