@@ -117,34 +117,27 @@ class TransformersBackend:
             for j in range(params.n):
                 rows.append((i, j, ids, trunc, None if seeds is None else int(seeds[i][j])))
         results = [GenerationResult(completions=[None] * params.n) for _ in chats]  # type: ignore[list-item]
-        # sort by length so each micro-batch pads little
-        order = sorted(range(len(rows)), key=lambda r: len(rows[r][2]))
-        bs = self.cfg.gen_batch_size
-        with self._lock:
-            for s in range(0, len(order), bs):
-                chunk = [rows[r] for r in order[s : s + bs]]
-                outs = self._decode([c[2] for c in chunk], params, [c[4] for c in chunk])
-                for (i, j, ids, trunc, seed), (toks, finish) in zip(chunk, outs):
-                    results[i].completions[j] = Completion(
-                        text=self.tok.decode(toks, skip_special_tokens=True).strip(),
-                        prompt_tokens=len(ids),
-                        completion_tokens=len(toks),
-                        finish_reason=finish,
-                        seed=seed,
-                        prompt_truncated=trunc,
-                    )
-                    self.stats.tokens_generated += len(toks)
-                    self.stats.tokens_prefilled += len(ids)
+        outs = self.sample_tokens([r[2] for r in rows], params, [r[4] for r in rows])
+        for (i, j, ids, trunc, seed), (toks, finish) in zip(rows, outs):
+            results[i].completions[j] = Completion(
+                text=self.tok.decode(toks, skip_special_tokens=True).strip(),
+                prompt_tokens=len(ids),
+                completion_tokens=len(toks),
+                finish_reason=finish,
+                seed=seed,
+                prompt_truncated=trunc,
+            )
         self.stats.chats_generated += len(chats)
         done = [c for r in results for c in r.completions]  # exact counts, from the tokenizer, for token accounting
         usage.record(sum(c.prompt_tokens for c in done), sum(c.completion_tokens for c in done), requests=len(done))
         return results
 
-    def sample_tokens(self, prompts: list[list[int]], params: SamplingConfig, seeds: list[int]) -> list[tuple[list[int], str]]:
+    def sample_tokens(self, prompts: list[list[int]], params: SamplingConfig, seeds: list[int | None]) -> list[tuple[list[int], str]]:
         """Decode already-tokenised prompts with the batched decoder: (generated ids, finish reason) per prompt, in order.
 
-        The ids exclude the stop token (finish "stop"); callers that need sequence log-probabilities
-        (the loop's KL) work from these exact ids rather than from re-tokenised text.
+        Micro-batches of ``gen_batch_size`` are cut after sorting by length, so each pads little. The ids
+        exclude the stop token (finish "stop"); callers that need sequence log-probabilities (the loop's KL)
+        work from these exact ids rather than from re-tokenised text. ``generate`` decodes through here.
         """
         order = sorted(range(len(prompts)), key=lambda r: len(prompts[r]))
         out: list[tuple[list[int], str]] = [([], "length")] * len(prompts)
@@ -215,13 +208,14 @@ class TransformersBackend:
             return torch.stack(picks)
         return torch.stack([torch.multinomial(probs[b], 1, generator=gens[b])[0] for b in range(probs.shape[0])])
 
-    def _fwd(self, ids, mask, pos, cache, count: bool = True):
-        """One forward pass into ``cache``; returns the last position's logits. Counts the real tokens it computed."""
+    def _fwd(self, ids, mask, pos, cache, count: bool = True, keep: int = 1):
+        """One forward pass into ``cache``; returns the last position's logits (B, vocab), or the last ``keep``
+        positions' (B, keep, vocab). Counts the real tokens it computed."""
         if count:
             self.stats.tokens_prefilled += int(mask[:, -ids.shape[1] :].sum())
         dev = self.device
-        out = self.model(input_ids=ids.to(dev), attention_mask=mask.to(dev), position_ids=pos.to(dev), **{self._ckw: cache}, use_cache=True, logits_to_keep=1)
-        return out.logits[:, -1, :].float()
+        out = self.model(input_ids=ids.to(dev), attention_mask=mask.to(dev), position_ids=pos.to(dev), **{self._ckw: cache}, use_cache=True, logits_to_keep=keep)
+        return out.logits[:, -1, :].float() if keep == 1 else out.logits[:, -keep:, :].float()
 
     # scoring ----------------------------------------------------------------
     def candidate_variants(self, candidates: list[str]) -> list[list[list[int]]]:
@@ -281,7 +275,6 @@ class TransformersBackend:
             return [self._score_sequences_single(s, variants)[0] for s in seqs]
 
         fwd = self._fwd
-        fold = self._fold_token(variants)
         out: list[list[float | None]] = []
         with torch.inference_mode():
             cache = DynamicCache()
@@ -298,13 +291,7 @@ class TransformersBackend:
                 ids, sm = _left_pad([seqs[r][lg:] for r in range(a, b)], self.pad_id)
                 mask = torch.cat([torch.ones((rows, lg), dtype=torch.long), sm], dim=1)
                 pos = lg + (sm.cumsum(-1) - 1).clamp(min=0)
-                if fold is not None:
-                    out.extend(self._suffix_with_fold(ids, mask, pos, cache, fold, variants))
-                    continue
-                last = fwd(ids, mask, pos, cache)
-                first_lp = torch.log_softmax(last, dim=-1).cpu()
-                real = lg + sm.sum(-1, keepdim=True)
-                out.extend(self._candidate_logprobs(first_lp, variants, cache, mask, real, rows))
+                out.extend(self._final_pass(ids, mask, pos, cache, lg + sm.sum(-1, keepdim=True), variants))
         return out
 
     @staticmethod
@@ -318,19 +305,27 @@ class TransformersBackend:
                 return pref[0]
         return None
 
-    def _suffix_with_fold(self, ids, mask, pos, cache, fold: int, variants) -> list[list[float | None]]:
-        """The suffix pass with the fold token appended: causal attention makes the logits at the suffix's last
-        token those of the pass without it, and the appended position gives the candidates' second tokens."""
+    def _final_pass(self, ids, mask, pos, cache, real, variants) -> list[list[float | None]]:
+        """The last forward pass of the grouped, batched and single strategies, and each candidate's log-prob after it.
+
+        ``mask`` covers the cache and ``ids``; ``real`` is each row's length after the pass. When the candidates'
+        multi-token spellings share one first token (``_fold_token``), it rides at the end of this pass: causal
+        attention leaves the logits at the prompt's last token as they were, and the appended position gives
+        the candidates' second tokens, so no extension pass is needed. Otherwise one extension pass per
+        distinct multi-token prefix follows (:meth:`_candidate_logprobs`).
+        """
         import torch
 
+        fold = self._fold_token(variants)
+        if fold is None:
+            first_lp = torch.log_softmax(self._fwd(ids, mask, pos, cache), dim=-1).cpu()
+            return self._candidate_logprobs(first_lp, variants, cache, mask, real, ids.shape[0])
         rows = ids.shape[0]
-        self.stats.tokens_prefilled += int(mask[:, -ids.shape[1] :].sum())
+        self.stats.tokens_prefilled += int(mask[:, -ids.shape[1] :].sum())  # the fold token is not prompt
         ids = torch.cat([ids, torch.full((rows, 1), fold, dtype=torch.long)], dim=1)
         mask = torch.cat([mask, torch.ones((rows, 1), dtype=torch.long)], dim=1)
-        pos = torch.cat([pos, pos[:, -1:] + 1], dim=1)
-        dev = self.device
-        o = self.model(input_ids=ids.to(dev), attention_mask=mask.to(dev), position_ids=pos.to(dev), **{self._ckw: cache}, use_cache=True, logits_to_keep=2)
-        lp = torch.log_softmax(o.logits[:, -2:, :].float(), dim=-1).cpu()
+        pos = torch.cat([pos, real], dim=1)  # the fold token sits right after each row's last token
+        lp = torch.log_softmax(self._fwd(ids, mask, pos, cache, count=False, keep=2), dim=-1).cpu()
         first_lp, after_fold = lp[:, 0], lp[:, 1]
         return _combine_candidates(first_lp, variants, lambda pref: after_fold)
 
@@ -480,7 +475,6 @@ class TransformersBackend:
         from transformers import DynamicCache
 
         dev = self.device
-        B = len(seqs)
         p0, groups = self.prefix_plan(seqs)
         if p0 == 0:  # nothing shared and nowhere safe to put padding: one prompt at a time
             out = []
@@ -519,10 +513,7 @@ class TransformersBackend:
             sids, sm = _left_pad(sparts, pad)
             spos = real + (sm.cumsum(-1) - 1).clamp(min=0)
             mask = torch.cat([mask, sm], dim=1)
-            last = fwd(sids, mask, spos, cache)
-            real = real + sm.sum(-1, keepdim=True)
-            first_lp = torch.log_softmax(last, dim=-1).cpu()
-            return self._candidate_logprobs(first_lp, variants, cache, mask, real, B)
+            return self._final_pass(sids, mask, spos, cache, real + sm.sum(-1, keepdim=True), variants)
 
     def _candidate_logprobs(self, first_lp, variants, cache, mask, real, B) -> list[list[float | None]]:
         """Log-prob of each candidate for B prompts whose rows are in ``cache`` (see :func:`_combine_candidates`)."""
@@ -548,8 +539,7 @@ class TransformersBackend:
         cache = DynamicCache()
         mask = torch.ones((1, len(seq)), dtype=torch.long)
         with torch.inference_mode():
-            first_lp = torch.log_softmax(self._fwd(torch.tensor([seq]), mask, torch.arange(len(seq))[None], cache), dim=-1).cpu()
-        return self._candidate_logprobs(first_lp, variants, cache, mask, torch.tensor([[len(seq)]]), 1)
+            return self._final_pass(torch.tensor([seq]), mask, torch.arange(len(seq))[None], cache, torch.tensor([[len(seq)]]), variants)
 
     def close(self) -> None:
         pass
