@@ -97,10 +97,15 @@ class RewardModelScorer:
         return out
 
     def pair_rewards(self, pairs: list[dict]) -> tuple[list[float], list[float]]:
-        """(r_A, r_B) per pair, in one batched pass over the 2n responses."""
-        prompts = [prompt_text(p["messages"]) for p in pairs]
-        r = self.score(prompts + prompts, [p["response_a"] for p in pairs] + [p["response_b"] for p in pairs])
-        return r[: len(pairs)], r[len(pairs) :]
+        """(r_A, r_B) per pair, scoring each distinct (prompt, response) once: with n responses to a prompt,
+        each is in n - 1 pairs (the loop labels every pair of 4)."""
+        keys = []
+        for p in pairs:
+            prompt = prompt_text(p["messages"])
+            keys.append(((prompt, p["response_a"]), (prompt, p["response_b"])))
+        uniq = list(dict.fromkeys(k for ab in keys for k in ab))
+        r = dict(zip(uniq, self.score([k[0] for k in uniq], [k[1] for k in uniq])))
+        return [r[a] for a, _ in keys], [r[b] for _, b in keys]
 
 
 def cached_scorer(path: str | Path, max_length: int | None = None) -> RewardModelScorer:
@@ -174,10 +179,10 @@ class RMLabelJob:
         import time
 
         from aifeedback.config import config_hash
-        from aifeedback.records import split_text_pairs
+        from aifeedback.records import split_labelable
 
         scorer = cached_scorer(self.model_dir, self.max_length)
-        good, excluded = split_text_pairs(items, "labels", key)
+        good, excluded = split_labelable(items, "labels", key)
         t0 = time.perf_counter()
         r_a, r_b = scorer.pair_rewards(good) if good else ([], [])
         secs = time.perf_counter() - t0
