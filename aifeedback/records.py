@@ -193,7 +193,7 @@ def pair_problem(pair: dict) -> tuple[str, str, str | None] | None:
     return None
 
 
-def split_text_pairs(items: list[dict], stage: str, batch_key: str = "") -> tuple[list[dict], list[dict]]:
+def split_labelable(items: list[dict], stage: str, batch_key: str = "") -> tuple[list[dict], list[dict]]:
     """The pairs that can be labelled, and an exclusion row (reason from :func:`pair_problem`) for each other pair."""
     good, excluded = [], []
     for it in items:

@@ -42,9 +42,10 @@ def import_labels_flow(
         if not pairs:
             raise InputError(f"run {store.root} has no pairs: pass the pairs the judge saw with --input (e.g. from `aifeedback import-pairs`)")
     matched = check_overlap([p["pair_id"] for p in pairs], table, verdicts)
-    job = ImportJob(judge, verdicts, file_digest(verdicts), counts["column"], tie_margin=cfg.tie_margin, extra={"verdict_counts": counts, "verdicts_matched": matched, "verdicts_matching_no_pair": len(table) - matched})
+    overlap = {"verdicts_matched": matched, "verdicts_matching_no_pair": len(table) - matched}
+    job = ImportJob(judge, verdicts, file_digest(verdicts), counts["column"], tie_margin=cfg.tie_margin, extra={"verdict_counts": counts, **overlap})
     store.write_json("configs/import_labels.json", {"verdicts": verdicts, "judge": judge, **counts, "label_config": cfg.model_dump(mode="json")})
     summary = execute_stage(store, job, join_pairs(pairs, table, verdicts), cfg.batch_size, input_excluded=excluded, extra_manifest={"derive": job.derivation(), **job.manifest_info()})
-    summary.update({"judge": judge, "verdicts_in_file": counts["rows"], "verdicts_matched": matched, "verdicts_matching_no_pair": len(table) - matched, "verdicts_unreadable": counts["unreadable"], "duplicate_verdict_ids": counts["duplicate_ids"]})
-    print(f"import-labels: {summary['n_in']} pairs in = {summary['n_out']} labelled + {summary['n_excluded']} excluded (no verdict or bad row); {len(table) - matched} verdicts matched no pair, {counts['unreadable']} unreadable")
+    summary.update({"judge": judge, "verdicts_in_file": counts["rows"], **overlap, "verdicts_unreadable": counts["unreadable"], "duplicate_verdict_ids": counts["duplicate_ids"]})
+    print(f"import-labels: {summary['n_in']} pairs in = {summary['n_out']} labelled + {summary['n_excluded']} excluded (no verdict or bad row); {overlap['verdicts_matching_no_pair']} verdicts matched no pair, {counts['unreadable']} unreadable")
     return summary

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from aifeedback.errors import InputError
-from aifeedback.records import LABEL_OUTPUTS, exclusion, split_text_pairs
+from aifeedback.records import LABEL_OUTPUTS, exclusion, split_labelable
 from aifeedback.stage import Excluded
 
 from .human_data import normalise_verdict
@@ -155,7 +155,7 @@ class ImportJob:
         from aifeedback.config import config_hash
 
         chash = config_hash(self.key_config())
-        good, excluded = split_text_pairs(items, "labels", key)
+        good, excluded = split_labelable(items, "labels", key)
         rows = []
         for it in good:
             v = it["verdict"]
