@@ -48,15 +48,18 @@ def test_stage_gc_raises_the_thresholds_and_restores_them():
                 assert gc.get_threshold() == STAGE_GC_THRESHOLD
             assert gc.get_threshold() == STAGE_GC_THRESHOLD
 
+            seen = []  # an assert inside a thread would not fail the test: record, then check here
+
             def batch():  # a thread runner's batches enter and leave while the stage holds it
                 with stage_gc():
-                    assert gc.get_threshold() == STAGE_GC_THRESHOLD
+                    seen.append(gc.get_threshold())
 
             threads = [threading.Thread(target=batch) for _ in range(4)]
             for t in threads:
                 t.start()
             for t in threads:
                 t.join()
+            assert seen == [STAGE_GC_THRESHOLD] * 4
             assert gc.get_threshold() == STAGE_GC_THRESHOLD
         assert gc.get_threshold() == (700, 10, 10)
         gc.set_threshold(0, 10, 10)  # collection switched off by the caller: left off
