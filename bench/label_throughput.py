@@ -89,6 +89,38 @@ def ours(backend, labeler, pairs, strategy: str) -> tuple[list[dict], float, int
     return rows, time.perf_counter() - t0, backend.stats.tokens_prefilled
 
 
+def compare(backend, labeler, pairs, naive_pairs: int) -> dict:
+    """grouped and packed over all pairs, the naive labeller over the first naive_pairs, side by side."""
+    rows_g, grouped_s, _ = ours(backend, labeler, pairs, "grouped")
+    rows, packed_s, needed_tokens = ours(backend, labeler, pairs, "packed")
+    sub = pairs[:naive_pairs]
+    t0 = time.perf_counter()
+    naive_p, naive_tokens = naive_label(backend, labeler, sub)
+    naive = len(sub) / (time.perf_counter() - t0)
+    packed_p = {r["pair_id"]: r["p_a"] for r in rows}
+    per_pair, naive_per_pair = needed_tokens / len(rows), naive_tokens / len(sub)
+    return {
+        "n": len(rows),
+        "n_naive": len(sub),
+        "naive": naive,
+        "grouped": len(rows_g) / grouped_s,
+        "packed": len(rows) / packed_s,
+        "per_pair": per_pair,
+        "naive_per_pair": naive_per_pair,
+        "bound": naive_per_pair / per_pair,  # the most an exact labeller can gain over naive at equal FLOP/s
+        "diff_naive": max(abs(packed_p[p["pair_id"]] - q) for p, q in zip(sub, naive_p)),
+        "diff_grouped": max(abs(a["p_a"] - b["p_a"]) for a, b in zip(rows, rows_g)),
+    }
+
+
+def print_table(r: dict) -> None:
+    print("| labeller | pairs/s | ratio |")
+    print("|---|---|---|")
+    print(f"| naive both-order (batch 1, no prefix reuse; {r['n_naive']} pairs) | {r['naive']:.3f} | 1.00x |")
+    print(f"| aifeedback, grouped (each pair's orders after the shared prefix; the CPU default) | {r['grouped']:.3f} | {r['grouped'] / r['naive']:.2f}x naive |")
+    print(f"| aifeedback, packed (prefix batching) | {r['packed']:.3f} | {r['packed'] / r['naive']:.2f}x naive |")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--pairs", type=int, default=48)
@@ -110,58 +142,27 @@ def main() -> None:
     labeler.label(pairs[:2], "warm", "m", None)  # warm-up
 
     flops = gemm_flops()
-    rows_g, grouped_s, _ = ours(backend, labeler, pairs, "grouped")
-    rows, packed_s, needed_tokens = ours(backend, labeler, pairs, "packed")
-    sub = pairs[: args.naive_pairs]
-    t0 = time.perf_counter()
-    naive_p, naive_tokens = naive_label(backend, labeler, sub)
-    naive = len(sub) / (time.perf_counter() - t0)
-    grouped, packed = len(rows_g) / grouped_s, len(rows) / packed_s
-    ours_p = {r["pair_id"]: r["p_a"] for r in rows}
-    max_diff = max(abs(ours_p[p["pair_id"]] - q) for p, q in zip(sub, naive_p))
-    max_diff_g = max(abs(a["p_a"] - b["p_a"]) for a, b in zip(rows, rows_g))
-    per_pair = needed_tokens / len(rows)
-    bound = (naive_tokens / len(sub)) / per_pair  # the most an exact labeller can gain over naive at equal FLOP/s
-    roofline = flops / (2 * n_params * per_pair)
-    print(f"pairs: {len(rows)} from {source}; model params {n_params / 1e6:.1f} M; torch threads {torch.get_num_threads()}")
-    print(f"fp32 GEMM measured: {flops / 1e9:.1f} GFLOP/s; tokens computed per pair: {per_pair:.0f} (aifeedback), {naive_tokens / len(sub):.0f} (naive); token-ratio bound {bound:.2f}x")
-    print("| labeller | pairs/s | ratio |")
-    print("|---|---|---|")
-    print(f"| naive both-order (batch 1, no prefix reuse; {len(sub)} pairs) | {naive:.3f} | 1.00x |")
-    print(f"| aifeedback, grouped (each pair's orders after the shared prefix; the CPU default) | {grouped:.3f} | {grouped / naive:.2f}x naive |")
-    print(f"| aifeedback, packed (prefix batching) | {packed:.3f} | {packed / naive:.2f}x naive |")
-    print(f"| roofline: GEMM FLOP/s / (2 * params * {per_pair:.0f} tokens) | {roofline:.3f} | grouped = {grouped / roofline:.0%}, packed = {packed / roofline:.0%} of roofline |")
-    print(f"max |p_packed - p_naive| on the shared pairs: {max_diff:.2e}; max |p_packed - p_grouped|: {max_diff_g:.2e}")
-    best_name, best = max((("grouped", grouped), ("packed", packed)), key=lambda x: x[1])
-    r_bound, r_roof = (best / naive) / bound, best / roofline
-    print(f"target ({best_name}, the faster strategy here): >= 90% of the token-ratio bound: {r_bound:.1%} ({'met' if r_bound >= 0.9 else 'NOT met'}); >= 60% of roofline: {r_roof:.1%} ({'met' if r_roof >= 0.6 else 'NOT met'}); packed vs grouped {packed / grouped:.2f}x")
+    r = compare(backend, labeler, pairs, args.naive_pairs)
+    roofline = flops / (2 * n_params * r["per_pair"])
+    print(f"pairs: {r['n']} from {source}; model params {n_params / 1e6:.1f} M; torch threads {torch.get_num_threads()}")
+    print(f"fp32 GEMM measured: {flops / 1e9:.1f} GFLOP/s; tokens computed per pair: {r['per_pair']:.0f} (aifeedback), {r['naive_per_pair']:.0f} (naive); token-ratio bound {r['bound']:.2f}x")
+    print_table(r)
+    print(f"| roofline: GEMM FLOP/s / (2 * params * {r['per_pair']:.0f} tokens) | {roofline:.3f} | grouped = {r['grouped'] / roofline:.0%}, packed = {r['packed'] / roofline:.0%} of roofline |")
+    print(f"max |p_packed - p_naive| on the shared pairs: {r['diff_naive']:.2e}; max |p_packed - p_grouped|: {r['diff_grouped']:.2e}")
+    best_name, best = max((("grouped", r["grouped"]), ("packed", r["packed"])), key=lambda x: x[1])
+    r_bound, r_roof = (best / r["naive"]) / r["bound"], best / roofline
+    print(f"target ({best_name}, the faster strategy here): >= 90% of the token-ratio bound: {r_bound:.1%} ({'met' if r_bound >= 0.9 else 'NOT met'}); >= 60% of roofline: {r_roof:.1%} ({'met' if r_roof >= 0.6 else 'NOT met'}); packed vs grouped {r['packed'] / r['grouped']:.2f}x")
 
     if args.no_few_shot:
         return
     base = load_template("pairwise")
     tpl3 = base.model_copy(update={"exemplars": list(base.exemplars) + [Exemplar(**THIRD_EXEMPLAR)]})
-    cfg3 = LabelConfig(few_shot=True)
-    lab3 = Labeler(backend, cfg3, tpl3, None)
-    rows3g, s3g, _ = ours(backend, lab3, pairs, "grouped")
-    rows3, s3, tokens3 = ours(backend, lab3, pairs, "packed")
-    sub3 = pairs[: args.few_shot_naive_pairs]
-    t0 = time.perf_counter()
-    naive3_p, naive3_tokens = naive_label(backend, lab3, sub3)
-    naive3 = len(sub3) / (time.perf_counter() - t0)
-    fast3g = len(rows3g) / s3g
-    fast3 = len(rows3) / s3
-    p3 = {r["pair_id"]: r["p_a"] for r in rows3}
-    diff3 = max(abs(p3[p["pair_id"]] - q) for p, q in zip(sub3, naive3_p))
-    bound3 = (naive3_tokens / len(sub3)) / (tokens3 / len(rows3))
-    print(f"\nwith {len(tpl3.exemplars)} few-shot exemplars: tokens per pair {tokens3 / len(rows3):.0f} (aifeedback) vs {naive3_tokens / len(sub3):.0f} (naive); token-ratio bound {bound3:.2f}x")
-    print("| labeller | pairs/s | ratio |")
-    print("|---|---|---|")
-    print(f"| naive both-order ({len(sub3)} pairs) | {naive3:.3f} | 1.00x |")
-    print(f"| aifeedback, grouped | {fast3g:.3f} | {fast3g / naive3:.2f}x naive |")
-    print(f"| aifeedback, packed | {fast3:.3f} | {fast3 / naive3:.2f}x naive |")
-    print(f"max |p_packed - p_naive|: {diff3:.2e}")
-    best3 = max(fast3, fast3g)
-    print(f"target: >= 5x naive with 3 exemplars: {best3 / naive3:.2f}x ({'met' if best3 / naive3 >= 5 else 'NOT met'}; {best3 / naive3 / bound3:.0%} of the {bound3:.2f}x token-ratio bound)")
+    r3 = compare(backend, Labeler(backend, LabelConfig(few_shot=True), tpl3, None), pairs, args.few_shot_naive_pairs)
+    print(f"\nwith {len(tpl3.exemplars)} few-shot exemplars: tokens per pair {r3['per_pair']:.0f} (aifeedback) vs {r3['naive_per_pair']:.0f} (naive); token-ratio bound {r3['bound']:.2f}x")
+    print_table(r3)
+    print(f"max |p_packed - p_naive|: {r3['diff_naive']:.2e}; max |p_packed - p_grouped|: {r3['diff_grouped']:.2e}")
+    best3 = max(r3["grouped"], r3["packed"]) / r3["naive"]
+    print(f"target: >= 5x naive with 3 exemplars: {best3:.2f}x ({'met' if best3 >= 5 else 'NOT met'}; {best3 / r3['bound']:.0%} of the {r3['bound']:.2f}x token-ratio bound)")
 
 
 if __name__ == "__main__":
