@@ -1,10 +1,12 @@
-"""Prefix batching (score_strategy packed): the same probabilities as scoring each pair on its own.
+"""Prefix batching (score_strategy packed and varlen): the same probabilities as scoring each pair on its own.
 
-The embedded labeler scores real pairs with both strategies: ``grouped`` (the shared
-prefix once, then each pair's context and its two orders alone) and ``packed``
-(many pairs' orders in one unpadded forward pass, separated by a block mask). The
-pointwise template's candidates 1..10 include a two-token one ("10"), so the
-packed pass that extends each prompt by a token is exercised too.
+The embedded labeler scores real pairs with each strategy: ``grouped`` (the shared
+prefix once, then each pair's context and its two orders alone), ``packed``
+(many pairs' orders in one unpadded forward pass, separated by a block mask) and
+``varlen`` (many pairs' tokens in one pass for the matrix products, attention per
+pair). The pointwise template's candidates 1..10 include a two-token one ("10"), so
+the packed pass that extends each prompt by a token is exercised too; varlen hands
+that case to grouped.
 """
 
 from __future__ import annotations
@@ -34,14 +36,15 @@ def _probs(backend, strategy: str, method: str, few_shot: bool) -> list[list[flo
     return [p for r in rows for e in r["option_probs"] for p in e["probs"]]
 
 
+@pytest.mark.parametrize("strategy", ["packed", "varlen"])
 @pytest.mark.parametrize("method,few_shot", [("pairwise", True), ("pointwise", False)])
-def test_packed_equals_grouped(embedded_backend, method, few_shot):
+def test_prefix_batching_equals_grouped(embedded_backend, method, few_shot, strategy):
     if method == "pointwise":  # the two-token candidate is what makes the extension pass run
         assert any(len(s) > 1 for v in embedded_backend.candidate_variants(load_template("pointwise").candidates) for s in v)
     tokens0 = embedded_backend.stats.tokens_prefilled
     grouped = _probs(embedded_backend, "grouped", method, few_shot)
     tokens_grouped = embedded_backend.stats.tokens_prefilled - tokens0
-    packed = _probs(embedded_backend, "packed", method, few_shot)
+    packed = _probs(embedded_backend, strategy, method, few_shot)
     tokens_packed = embedded_backend.stats.tokens_prefilled - tokens0 - tokens_grouped
     assert len(grouped) == len(packed) > 0
     assert max(abs(a - b) for a, b in zip(grouped, packed)) < 1e-5
@@ -49,11 +52,12 @@ def test_packed_equals_grouped(embedded_backend, method, few_shot):
     assert max(abs(a - b) for a, b in zip(grouped, packed[1:] + packed[:1])) > 1e-3  # the probabilities differ between prompts
 
 
-def test_packs_split_at_the_token_cap(embedded_backend, monkeypatch):
+@pytest.mark.parametrize("strategy,cap", [("packed", "PACK_TOKENS"), ("varlen", "VARLEN_TOKENS")])
+def test_packs_split_at_the_token_cap(embedded_backend, monkeypatch, strategy, cap):
     """Groups cut into several packs (a tiny cap) still give the same probabilities."""
     import aifeedback.backends.hf_local as hf
 
-    whole = _probs(embedded_backend, "packed", "pairwise", False)
-    monkeypatch.setattr(hf, "PACK_TOKENS", 64)
-    split = _probs(embedded_backend, "packed", "pairwise", False)
+    whole = _probs(embedded_backend, strategy, "pairwise", False)
+    monkeypatch.setattr(hf, cap, 64)
+    split = _probs(embedded_backend, strategy, "pairwise", False)
     assert max(abs(a - b) for a, b in zip(whole, split)) < 1e-5

@@ -4,7 +4,7 @@
   per-row seeded sampling); ``model.generate`` spends most of its time in
   per-step bookkeeping on CPU.
 * ``choice_probs``: the prompts of a batch are scored as a two-level prefix
-  tree. The prefix shared by the whole batch (preamble, few-shot exemplars) is
+  tree (on CPU, ``varlen``: many pairs' tokens per forward pass, attention per pair). The prefix shared by the whole batch (preamble, few-shot exemplars) is
   computed once; each run of consecutive prompts sharing a longer prefix (the
   two orders of a pair share the context) computes that part once more; only
   the remaining suffixes are computed per prompt. Padding sits between the
@@ -27,6 +27,8 @@ _LOADED: dict[tuple, tuple] = {}
 _LOAD_LOCK = threading.Lock()
 MIN_GROUP_GAIN = 8  # a group level is used only when it shares this many more tokens
 PACK_TOKENS = 2048  # packed strategy: most tokens in one forward pass (its block mask is PACK_TOKENS x (prefix + PACK_TOKENS))
+VARLEN_TOKENS = 2048  # varlen strategy: most tokens in one pass (the matrix products' rows; attention stays per pair)
+VARLEN_MODELS = ("llama",)  # architectures whose decoder layer the varlen pass reproduces (tests/test_prefix_batching.py)
 
 
 def _lcp(a: list[int], b: list[int]) -> int:
@@ -247,10 +249,14 @@ class TransformersBackend:
         seqs = [e[0] for e in encoded]
         strategy = self.cfg.score_strategy
         if strategy == "auto":
-            strategy = "batched" if self.device.type == "cuda" else "grouped"
+            strategy = "batched" if self.device.type == "cuda" else "varlen"
         with self._lock:
+            if strategy == "varlen" and not self._varlen_supported(variants):
+                strategy = "grouped"
             if strategy == "grouped":
                 plan = [(list(range(len(seqs))), self._score_grouped(seqs, variants))]
+            elif strategy == "varlen":
+                plan = [(list(range(len(seqs))), self._score_varlen(seqs, variants))]
             elif strategy == "packed":
                 plan = [(list(range(len(seqs))), self._score_packed(seqs, variants))]
             else:
@@ -329,6 +335,95 @@ class TransformersBackend:
         first_lp, after_fold = lp[:, 0], lp[:, 1]
         return _combine_candidates(first_lp, variants, lambda pref: after_fold)
 
+    def _varlen_supported(self, variants) -> bool:
+        """varlen reproduces the decoder layers of VARLEN_MODELS and needs at most one extra token per candidate (the fold)."""
+        if getattr(self.model.config, "model_type", None) not in VARLEN_MODELS:
+            return False
+        return all(len(s) == 1 for v in variants for s in v) or self._fold_token(variants) is not None
+
+    def _score_varlen(self, seqs: list[list[int]], variants) -> list[list[float | None]]:
+        """Ragged batching: the call's shared prefix once, then many pairs per forward pass with no padding and
+        no wasted attention.
+
+        The tokens of several groups (a pair's context, then each order's suffix and the fold token) are laid
+        end to end. Everything that acts on one token at a time (norms, projections, the MLP) runs on all of
+        them at once, as large matrix products; attention runs per group, its queries against the prefix's
+        cached keys and the group's own, under the group's mask (a suffix sees the context and itself, not
+        the other order). So each prompt's log-probs are those of scoring it alone, from passes as large as
+        packed's without its dense pack-wide attention. The decoder layer is replayed from the model's own
+        modules (VARLEN_MODELS); other architectures use grouped.
+        """
+        import sys
+
+        import torch
+        import torch.nn.functional as F
+        from transformers import DynamicCache
+
+        p0, groups = self.prefix_plan(seqs)
+        if p0 == 0:
+            return [self._score_sequences_single(s, variants)[0] for s in seqs]
+        fold = self._fold_token(variants)
+        inner, dev = self.model.model, self.device
+        rope = sys.modules[type(inner.layers[0].self_attn).__module__].apply_rotary_pos_emb
+        out: list[list[float | None]] = [None] * len(seqs)  # type: ignore[list-item]
+        with torch.inference_mode():
+            cache = DynamicCache()
+            self._fwd(torch.tensor([seqs[0][:p0]]), torch.ones((1, p0), dtype=torch.long), torch.arange(p0)[None], cache)
+            prefix = [(layer.keys, layer.values) for layer in cache.layers]
+            for pack in _packs(groups, seqs, p0, VARLEN_TOKENS):
+                ids: list[int] = []
+                pos: list[int] = []
+                keep: list[int] = []  # per prompt: its last token, then (with a fold) the fold token
+                rows: list[int] = []
+                spans = []  # per group: (start, end, mask over prefix + the group's tokens)
+                for a, b, lg in pack:
+                    start = len(ids)
+                    ids += seqs[a][p0:lg]
+                    pos += range(p0, lg)
+                    own = [-1] * (lg - p0)
+                    for r in range(a, b):
+                        sfx = seqs[r][lg:]
+                        ids += sfx
+                        pos += range(lg, len(seqs[r]))
+                        own += [r] * len(sfx)
+                        keep.append(len(ids) - 1)
+                        rows.append(r)
+                        if fold is not None:
+                            ids.append(fold)
+                            pos.append(len(seqs[r]))
+                            own.append(r)
+                            keep.append(len(ids) - 1)
+                    n = len(ids) - start
+                    o = torch.tensor(own)
+                    allowed = torch.ones((n, n), dtype=torch.bool).tril_() & ((o[None, :] == -1) | (o[None, :] == o[:, None]))
+                    spans.append((start, len(ids), torch.cat([torch.ones((n, p0), dtype=torch.bool), allowed], dim=1).to(dev)))
+                T = len(ids)
+                self.stats.tokens_prefilled += T - (len(rows) if fold is not None else 0)  # fold tokens are not prompt
+                h = inner.embed_tokens(torch.tensor([ids], device=dev))
+                cos, sin = inner.rotary_emb(h, torch.tensor([pos], device=dev))
+                for layer, (pk, pv) in zip(inner.layers, prefix):
+                    att = layer.self_attn
+                    x = layer.input_layernorm(h)
+                    q = att.q_proj(x).view(1, T, -1, att.head_dim).transpose(1, 2)
+                    k = att.k_proj(x).view(1, T, -1, att.head_dim).transpose(1, 2)
+                    v = att.v_proj(x).view(1, T, -1, att.head_dim).transpose(1, 2)
+                    q, k = rope(q, k, cos, sin)
+                    y = torch.empty_like(q)
+                    for s, e, m in spans:
+                        kk = torch.cat([pk, k[:, :, s:e]], dim=2)
+                        vv = torch.cat([pv, v[:, :, s:e]], dim=2)
+                        y[:, :, s:e] = F.scaled_dot_product_attention(q[:, :, s:e], kk, vv, attn_mask=m, scale=att.scaling, enable_gqa=True)
+                    h = h + att.o_proj(y.transpose(1, 2).reshape(1, T, -1))
+                    h = h + layer.mlp(layer.post_attention_layernorm(h))
+                lp = torch.log_softmax(self.model.lm_head(inner.norm(h[0, keep])).float(), dim=-1).cpu()
+                if fold is None:
+                    res = _combine_candidates(lp, variants, lambda pref: lp)  # single-token candidates: never extended
+                else:
+                    res = _combine_candidates(lp[0::2], variants, lambda pref, after=lp[1::2]: after)
+                for r, lps in zip(rows, res):
+                    out[r] = lps
+        return out
+
     def _score_packed(self, seqs: list[list[int]], variants) -> list[list[float | None]]:
         """Prefix batching: the call's shared prefix once, then many groups (a pair's orders) packed into one
         sequence per forward pass, with no padding.
@@ -345,18 +440,7 @@ class TransformersBackend:
         if p0 == 0:
             return [self._score_sequences_single(s, variants)[0] for s in seqs]
         out: list[list[float | None]] = [None] * len(seqs)  # type: ignore[list-item]
-        # cut the groups into packs of at most PACK_TOKENS tokens (a group larger than that is a pack of its own)
-        packs, cur, size = [], [], 0
-        for g in groups:
-            a, b, lg = g
-            n = (lg - p0) + sum(len(seqs[r]) - lg for r in range(a, b))
-            if cur and size + n > PACK_TOKENS:
-                packs.append(cur)
-                cur, size = [], 0
-            cur.append(g)
-            size += n
-        if cur:
-            packs.append(cur)
+        packs = _packs(groups, seqs, p0, PACK_TOKENS)
         neg = torch.finfo(self.model.dtype).min
         with torch.inference_mode():
             cache = DynamicCache()
@@ -573,6 +657,22 @@ def _combine_candidates(first_lp, variants, extend) -> list[list[float | None]]:
         p_ex = p - probs[:, [col[t] for t in longer]].sum(-1) if longer else p
         out[:, k] = torch.maximum(p_ex, torch.clamp(p * 1e-6, min=1e-30)).log()
     return out.tolist()
+
+
+def _packs(groups, seqs, p0: int, limit: int) -> list[list[tuple[int, int, int]]]:
+    """Cut consecutive groups into packs of at most ``limit`` tokens past the shared prefix (a larger group is a pack of its own)."""
+    packs, cur, size = [], [], 0
+    for g in groups:
+        a, b, lg = g
+        n = (lg - p0) + sum(len(seqs[r]) - lg for r in range(a, b))
+        if cur and size + n > limit:
+            packs.append(cur)
+            cur, size = [], 0
+        cur.append(g)
+        size += n
+    if cur:
+        packs.append(cur)
+    return packs
 
 
 def _left_pad(parts: list[list[int]], pad_id: int):
