@@ -86,3 +86,58 @@ def test_overlong_prompt_is_truncated_and_flagged(embedded_backend):
     res = embedded_backend.choice_probs([ScoringPrompt([{"role": "user", "content": long_text + "\nAnswer 1 or 2."}])], ["1", "2"])[0]
     assert res.truncated and res.prompt_tokens <= embedded_backend.max_context
     assert abs(sum(res.probs) - 1) < 1e-9
+
+
+def test_reserved_cache_layer_matches_concatenation():
+    """The decode cache writes into reserved buffers: its keys equal plain concatenation through growth
+    past the reservation, a crop, and a batch reorder (which the buffers must not hide)."""
+    import torch
+
+    from aifeedback.backends.hf_local import _crop_cache, _reindex_cache, _reserved_layer
+
+    class Holder:  # what _crop_cache / _reindex_cache walk
+        def __init__(self, layer):
+            self.layers = [layer]
+
+    g = torch.Generator().manual_seed(0)
+    layer = _reserved_layer(3)
+    ref_k = ref_v = None
+    for t in (2, 1, 3):  # 2 + 1 fills the reservation; 3 more must grow it
+        k, v = torch.randn(2, 3, t, 4, generator=g), torch.randn(2, 3, t, 4, generator=g)
+        got_k, got_v = layer.update(k, v)
+        ref_k = k if ref_k is None else torch.cat([ref_k, k], dim=-2)
+        ref_v = v if ref_v is None else torch.cat([ref_v, v], dim=-2)
+        assert torch.equal(got_k, ref_k) and torch.equal(got_v, ref_v)
+    assert layer.get_seq_length() == 6
+    _crop_cache(Holder(layer), 4)
+    k, v = torch.randn(2, 3, 1, 4, generator=g), torch.randn(2, 3, 1, 4, generator=g)
+    got_k, _ = layer.update(k, v)
+    assert torch.equal(got_k, torch.cat([ref_k[:, :, :4], k], dim=-2))
+    ref_k = got_k.clone()
+    _reindex_cache(Holder(layer), torch.tensor([1, 0]))  # swap the rows: a new tensor, not a view of the buffers
+    k, v = torch.randn(2, 3, 1, 4, generator=g), torch.randn(2, 3, 1, 4, generator=g)
+    got_k, _ = layer.update(k, v)
+    assert torch.equal(got_k, torch.cat([ref_k[[1, 0]], k], dim=-2))
+
+
+def test_nucleus_draw_of_a_row_does_not_depend_on_its_batch():
+    """A seeded row draws the same token alone and beside a flat row that needs the full-vocabulary sort."""
+    import torch
+
+    from aifeedback.backends.hf_local import TransformersBackend
+
+    V = 5000
+    peaked = torch.full((V,), -10.0)
+    peaked[:40] = torch.linspace(3.0, 0.0, 40)
+    flat = torch.zeros(V)  # its top 4,096 hold 82% of the mass, under top_p
+    params = SamplingConfig(temperature=1.0, top_p=0.9)
+    drawn = set()
+    for seed in range(40):
+        g_alone, g_both = torch.Generator().manual_seed(seed), [torch.Generator().manual_seed(seed), torch.Generator().manual_seed(99)]
+        for _step in range(3):  # decoding steps: a wider draw would also leave the generator elsewhere for the next
+            alone = TransformersBackend._sample(peaked[None], params, [g_alone])
+            both = TransformersBackend._sample(torch.stack([peaked, flat]), params, g_both)
+            assert int(alone[0]) == int(both[0])
+            assert 0 <= int(both[1]) < V
+            drawn.add(int(alone[0]))
+    assert len(drawn) > 5  # the draws are random, not the argmax

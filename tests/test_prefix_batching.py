@@ -39,8 +39,11 @@ def _probs(backend, strategy: str, method: str, few_shot: bool) -> list[list[flo
 @pytest.mark.parametrize("strategy", ["packed", "varlen"])
 @pytest.mark.parametrize("method,few_shot", [("pairwise", True), ("pointwise", False)])
 def test_prefix_batching_equals_grouped(embedded_backend, method, few_shot, strategy):
+    variants = embedded_backend.candidate_variants(load_template(method).candidates)
     if method == "pointwise":  # the two-token candidate is what makes the extension pass run
-        assert any(len(s) > 1 for v in embedded_backend.candidate_variants(load_template("pointwise").candidates) for s in v)
+        assert any(len(s) > 1 for v in variants for s in v)
+    if strategy == "varlen":  # pairwise runs varlen itself (" 1" folds); pointwise's "10" needs an extension pass: grouped
+        assert embedded_backend._varlen_supported(variants) == (method == "pairwise")
     tokens0 = embedded_backend.stats.tokens_prefilled
     grouped = _probs(embedded_backend, "grouped", method, few_shot)
     tokens_grouped = embedded_backend.stats.tokens_prefilled - tokens0

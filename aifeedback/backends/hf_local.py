@@ -200,17 +200,22 @@ class TransformersBackend:
             return logits.argmax(-1)
         probs = torch.softmax(logits / params.temperature, dim=-1)
         if params.top_p < 1.0:
-            # nucleus from the top 256 (else 4,096) tokens when they hold the mass (nearly always): the
-            # same distribution as a full-vocabulary sort, at a fraction of its cost
-            for k in (256, 4096):
-                sp, si = probs.topk(min(k, probs.shape[-1]), dim=-1)
-                if not bool((sp.sum(-1) < params.top_p).any()):
-                    break
-            else:
-                sp, si = probs.sort(dim=-1, descending=True)
-            keep = sp.cumsum(-1) - sp < params.top_p
-            sp = sp * keep
-            picks = [si[b, torch.multinomial(sp[b], 1, generator=gens[b])[0]] for b in range(sp.shape[0])]
+            # nucleus from each row's top 256 (else 4,096) tokens when they hold the mass (nearly always):
+            # the same distribution as a full-vocabulary sort, at a fraction of its cost. The width is
+            # chosen per row, so a seeded row draws the same token whatever else is in its batch
+            # (multinomial's random draws depend on the width).
+            V = probs.shape[-1]
+            top, top_i = probs.topk(min(256, V), dim=-1)
+            enough = (top.sum(-1) >= params.top_p).tolist()
+            picks = []
+            for b in range(probs.shape[0]):
+                sp, si = top[b], top_i[b]
+                if not enough[b]:
+                    sp, si = probs[b].topk(min(4096, V))
+                    if float(sp.sum()) < params.top_p:
+                        sp, si = probs[b].sort(descending=True)
+                keep = sp.cumsum(-1) - sp < params.top_p
+                picks.append(si[torch.multinomial(sp * keep, 1, generator=gens[b])[0]])
             return torch.stack(picks)
         return torch.stack([torch.multinomial(probs[b], 1, generator=gens[b])[0] for b in range(probs.shape[0])])
 
@@ -708,25 +713,27 @@ def _reserved_layer(capacity: int):
             def __init__(self, capacity: int):
                 super().__init__()
                 self.capacity = capacity
-                self.filled = 0
 
             def update(self, key_states, value_states, *args, **kwargs):
                 if not self.is_initialized:
                     self.lazy_initialization(key_states, value_states)
+                keys = self.keys
+                n, t = (keys.shape[-2] if keys is not None and keys.numel() else 0), key_states.shape[-2]
+                buf = getattr(self, "k_buf", None)
+                # the buffers hold the cache only while self.keys is still their view (crop keeps it;
+                # a reset, reorder or batch change replaces it): otherwise start new ones from self.keys
+                ours = buf is not None and n > 0 and keys.data_ptr() == buf.data_ptr() and keys.shape[0] == buf.shape[0]
+                if not ours or n + t > self.capacity:
+                    if n + t > self.capacity:
+                        self.capacity = 2 * (n + t)
                     b, h, _, d = key_states.shape
-                    self.k_buf = key_states.new_empty((b, h, self.capacity, d))
-                    self.v_buf = value_states.new_empty((b, h, self.capacity, d))
-                n, t = self.filled, key_states.shape[-2]
-                if n + t > self.capacity:  # more than reserved: grow (not on the decode path, which reserves enough)
-                    self.capacity = 2 * (n + t)
-                    k, v = self.k_buf, self.v_buf
-                    self.k_buf = k.new_empty((*k.shape[:2], self.capacity, k.shape[-1]))
-                    self.v_buf = v.new_empty((*v.shape[:2], self.capacity, v.shape[-1]))
-                    self.k_buf[:, :, :n] = k[:, :, :n]
-                    self.v_buf[:, :, :n] = v[:, :, :n]
+                    k_new, v_new = key_states.new_empty((b, h, self.capacity, d)), value_states.new_empty((b, h, self.capacity, d))
+                    if n:
+                        k_new[:, :, :n] = keys
+                        v_new[:, :, :n] = self.values
+                    self.k_buf, self.v_buf = k_new, v_new
                 self.k_buf[:, :, n : n + t] = key_states
                 self.v_buf[:, :, n : n + t] = value_states
-                self.filled = n + t
                 self.keys, self.values = self.k_buf[:, :, : n + t], self.v_buf[:, :, : n + t]
                 return self.keys, self.values
 
