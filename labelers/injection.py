@@ -33,9 +33,21 @@ PATTERNS: dict[str, re.Pattern] = {
 _ANY = re.compile("|".join(f"(?{'m' if rx.flags & re.M else ''}i:{rx.pattern})" for rx in PATTERNS.values()))
 
 
+# Every pattern needs one of these words (or "<") in the text, case aside: an ASCII text with none of
+# them matches no pattern, and `in` finds that faster than the regex (about 2x on a short response, 6x
+# on a long one). Non-ASCII texts skip this test: re.I also equates "ı" and "İ" with "i".
+_NEEDED = ("<", "better", "best", "preferred", "winning", "superior", "ignore", "disregard", "forget", "override", "rater", "judge", "grader", "evaluator", "annotator", "labeler", "labeller", "system", "verdict", "answer")
+
+
 def injection_flags(text: str | None) -> list[str]:
     """Names of the patterns a text matches (empty when none)."""
-    if not text or _ANY.search(text) is None:
+    if not text:
+        return []
+    if text.isascii():
+        low = text.lower()
+        if not any(w in low for w in _NEEDED):
+            return []
+    if _ANY.search(text) is None:
         return []
     return [name for name, rx in PATTERNS.items() if rx.search(text)]
 
