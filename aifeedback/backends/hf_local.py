@@ -207,15 +207,16 @@ class TransformersBackend:
             V = probs.shape[-1]
             top, top_i = probs.topk(min(256, V), dim=-1)
             enough = (top.sum(-1) >= params.top_p).tolist()
+            top = top * (top.cumsum(-1) - top < params.top_p)  # the nucleus of every row, batched
             picks = []
             for b in range(probs.shape[0]):
                 sp, si = top[b], top_i[b]
-                if not enough[b]:
+                if not enough[b]:  # rare: a flat row, widened on its own
                     sp, si = probs[b].topk(min(4096, V))
                     if float(sp.sum()) < params.top_p:
                         sp, si = probs[b].sort(descending=True)
-                keep = sp.cumsum(-1) - sp < params.top_p
-                picks.append(si[torch.multinomial(sp * keep, 1, generator=gens[b])[0]])
+                    sp = sp * (sp.cumsum(-1) - sp < params.top_p)
+                picks.append(si[torch.multinomial(sp, 1, generator=gens[b])[0]])
             return torch.stack(picks)
         return torch.stack([torch.multinomial(probs[b], 1, generator=gens[b])[0] for b in range(probs.shape[0])])
 
@@ -282,7 +283,6 @@ class TransformersBackend:
         """CPU strategy: the call's shared prefix once; then each group (a pair's orders) on its own,
         its shared part at batch 1 and its suffixes together. No padding across pairs, so no wasted FLOPs."""
         import torch
-        from transformers import DynamicCache
 
         dev = self.device
         p0, groups = self.prefix_plan(seqs)
@@ -292,9 +292,7 @@ class TransformersBackend:
         fwd = self._fwd
         out: list[list[float | None]] = []
         with torch.inference_mode():
-            cache = DynamicCache()
-            fwd(torch.tensor([seqs[0][:p0]]), torch.ones((1, p0), dtype=torch.long), torch.arange(p0)[None], cache)
-            base = [(layer.keys, layer.values) for layer in cache.layers]
+            cache, base = self._prefix_cache(seqs[0][:p0])
             for a, b, lg in groups:
                 for layer, (k, v) in zip(cache.layers, base):  # back to the shared prefix (update() never writes in place)
                     layer.keys, layer.values = k, v
@@ -308,6 +306,16 @@ class TransformersBackend:
                 pos = lg + (sm.cumsum(-1) - 1).clamp(min=0)
                 out.extend(self._final_pass(ids, mask, pos, cache, lg + sm.sum(-1, keepdim=True), variants))
         return out
+
+    def _prefix_cache(self, ids: list[int]):
+        """A cache holding one forward pass over ``ids`` (the call's shared prefix), and each layer's (keys, values)
+        to reset it to between groups or packs, or to attend to."""
+        import torch
+        from transformers import DynamicCache
+
+        cache = DynamicCache()
+        self._fwd(torch.tensor([ids]), torch.ones((1, len(ids)), dtype=torch.long), torch.arange(len(ids))[None], cache)
+        return cache, [(layer.keys, layer.values) for layer in cache.layers]
 
     @staticmethod
     def _fold_token(variants) -> int | None:
@@ -366,7 +374,6 @@ class TransformersBackend:
 
         import torch
         import torch.nn.functional as F
-        from transformers import DynamicCache
 
         p0, groups = self.prefix_plan(seqs)
         if p0 == 0:
@@ -376,9 +383,7 @@ class TransformersBackend:
         rope = sys.modules[type(inner.layers[0].self_attn).__module__].apply_rotary_pos_emb
         out: list[list[float | None]] = [None] * len(seqs)  # type: ignore[list-item]
         with torch.inference_mode():
-            cache = DynamicCache()
-            self._fwd(torch.tensor([seqs[0][:p0]]), torch.ones((1, p0), dtype=torch.long), torch.arange(p0)[None], cache)
-            prefix = [(layer.keys, layer.values) for layer in cache.layers]
+            cache, prefix = self._prefix_cache(seqs[0][:p0])
             for pack in _packs(groups, seqs, p0, VARLEN_TOKENS):
                 ids: list[int] = []
                 pos: list[int] = []
@@ -443,7 +448,6 @@ class TransformersBackend:
         of up to PACK_TOKENS tokens instead of one pair's tokens (larger matrix products).
         """
         import torch
-        from transformers import DynamicCache
 
         p0, groups = self.prefix_plan(seqs)
         if p0 == 0:
@@ -452,9 +456,7 @@ class TransformersBackend:
         packs = _packs(groups, seqs, p0, PACK_TOKENS)
         neg = torch.finfo(self.model.dtype).min
         with torch.inference_mode():
-            cache = DynamicCache()
-            self._fwd(torch.tensor([seqs[0][:p0]]), torch.ones((1, p0), dtype=torch.long), torch.arange(p0)[None], cache)
-            base = [(layer.keys, layer.values) for layer in cache.layers]
+            cache, base = self._prefix_cache(seqs[0][:p0])
             for pack in packs:
                 for layer, (k, v) in zip(cache.layers, base):  # back to the shared prefix (update() never writes in place)
                     layer.keys, layer.values = k, v
