@@ -1,14 +1,16 @@
 """Time to first batch: from typing `aifeedback label` to the first batch's model call, shared vs temporary server.
 
 Each command labels 4 pairs (one batch) with the embedded labeler from its
-converted cache, in a fresh process, as a user would run it. Two Prefect set-ups,
-alternating over the rounds, each in its own PREFECT_HOME (database made by an
-untimed warm-up command first):
+converted cache, in a fresh process, as a user would run it. Three set-ups,
+alternating over the rounds (database made by an untimed warm-up command first):
 
-- shared: the local server every command reuses (aifeedback/prefect_server.py),
-  already running (`aifeedback server start`, timed once and reported apart);
+- warm: the local Prefect server every command reuses (aifeedback/prefect_server.py)
+  and the warm command host beside it (flows/warm.py), both already running
+  (`aifeedback server start`, timed once and reported apart);
+- shared: the same server with ``AIFEEDBACK_WARM=0``, so the command imports
+  torch and transformers itself;
 - temporary: ``AIFEEDBACK_PREFECT_SERVER=temporary``, Prefect's per-process
-  server (the behaviour before the shared server).
+  server (the behaviour before the shared server), in its own PREFECT_HOME.
 
 The first model call is not visible from outside, so it is computed from the run
 store: the batch's shard is written right after its model call, so
@@ -35,9 +37,12 @@ AIF = str(Path(sys.executable).parent / "aifeedback")
 TARGET_S = 10.0
 
 
+MODES = ("warm", "shared", "temporary")
+
+
 def env_for(home: Path, mode: str) -> dict:
-    env = {k: v for k, v in os.environ.items() if k not in ("PREFECT_API_URL", "AIFEEDBACK_PREFECT_SERVER")}
-    env.update(PREFECT_HOME=str(home), HF_HUB_OFFLINE="1", AIFEEDBACK_PREFECT_SERVER=mode)
+    env = {k: v for k, v in os.environ.items() if k not in ("PREFECT_API_URL", "AIFEEDBACK_PREFECT_SERVER", "AIFEEDBACK_WARM")}
+    env.update(PREFECT_HOME=str(home), HF_HUB_OFFLINE="1", AIFEEDBACK_PREFECT_SERVER="temporary" if mode == "temporary" else "shared", AIFEEDBACK_WARM="0" if mode == "shared" else "1")
     return env
 
 
@@ -62,32 +67,32 @@ def main() -> None:
     pairs = tmp / "pairs.jsonl"
     rows = [{"pair_id": f"p{i}", "prompt": f"Give me a tip for day {i}.", "response_a": "Drink water and sleep well.", "response_b": "No."} for i in range(4)]
     pairs.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    homes = {m: tmp / f"home-{m}" for m in ("shared", "temporary")}
+    homes = {"warm": tmp / "home-shared", "shared": tmp / "home-shared", "temporary": tmp / "home-temporary"}
     t = time.time()
-    start = subprocess.run([AIF, "server", "start"], cwd=REPO, env=env_for(homes["shared"], "shared"), capture_output=True, text=True)
+    start = subprocess.run([AIF, "server", "start"], cwd=REPO, env=env_for(homes["warm"], "warm"), capture_output=True, text=True)
     server_start = time.time() - t
     if start.returncode != 0:
         sys.exit(f"aifeedback server start failed:\n{start.stdout}\n{start.stderr}")
     results: list[dict] = []
     try:
-        for mode in homes:  # untimed: each home's database, the converted model cache
-            one(homes[mode], mode, pairs, tmp / f"warm-{mode}")
+        for mode in MODES:  # untimed: each home's database, the converted model cache
+            one(homes[mode], mode, pairs, tmp / f"warm-up-{mode}")
         for r in range(args.rounds):
-            for mode in (("shared", "temporary") if r % 2 == 0 else ("temporary", "shared")):
+            for mode in (MODES if r % 2 == 0 else MODES[::-1]):
                 res = one(homes[mode], mode, pairs, tmp / f"run-{mode}-{r}")
                 results.append(res)
                 print(json.dumps(res), flush=True)
     finally:
-        subprocess.run([AIF, "server", "stop"], cwd=REPO, env=env_for(homes["shared"], "shared"), capture_output=True, text=True)
-    med = {m: {k: statistics.median(x[k] for x in results if x["mode"] == m) for k in ("wall_s", "first_model_call_s")} for m in homes}
-    print(f"\nshared server start (once, `aifeedback server start`, new database): {server_start:.1f} s")
+        subprocess.run([AIF, "server", "stop"], cwd=REPO, env=env_for(homes["warm"], "warm"), capture_output=True, text=True)
+    med = {m: {k: statistics.median(x[k] for x in results if x["mode"] == m) for k in ("wall_s", "first_model_call_s")} for m in MODES}
+    print(f"\nshared server and warm host start (once, `aifeedback server start`, new database): {server_start:.1f} s")
     print(f"4 pairs, one batch, embedded labeler; medians of {args.rounds} rounds, alternating\n")
     print("| Prefect | command to first model call, s | whole command, s |")
     print("|---|---|---|")
-    for m in homes:
+    for m in MODES:
         print(f"| {m} | {med[m]['first_model_call_s']:.1f} | {med[m]['wall_s']:.1f} |")
-    s, t_ = med["shared"]["first_model_call_s"], med["temporary"]["first_model_call_s"]
-    print(f"\nfirst model call: shared {s:.1f} s vs temporary {t_:.1f} s = {t_ / s:.2f}x sooner; target < {TARGET_S:.0f} s: {'met' if s < TARGET_S else 'NOT met'}")
+    w, s, t_ = (med[m]["first_model_call_s"] for m in MODES)
+    print(f"\nfirst model call: warm host {w:.1f} s vs shared server alone {s:.1f} s ({s / w:.2f}x) vs temporary server {t_:.1f} s ({t_ / w:.2f}x); target < {TARGET_S:.0f} s: {'met' if w < TARGET_S else 'NOT met'}")
 
 
 if __name__ == "__main__":

@@ -147,10 +147,25 @@ def _run_flow(module: str, name: str, **kwargs) -> dict:
             logger.addFilter(_QUIET)
     from aifeedback.prefect_server import command_api
 
-    with _user_errors(), command_api():  # the configured Prefect API, else the shared local server (aifeedback server)
+    with _user_errors(), command_api() as shared:  # the configured Prefect API, else the shared local server (aifeedback server)
         result = getattr(importlib.import_module(module), name)(**kwargs)
     _summary(result)
+    if shared:
+        _warm_host()
     return result
+
+
+def _warm_host(wait: float = 0.0, replace: bool = False) -> dict | None:
+    """Start the warm command host beside the shared server, if none matches this command (flows/warm.py); never fails the command."""
+    from aifeedback import prefect_server
+    from flows import warm
+
+    try:
+        st = prefect_server.status()
+        return warm.start(int(st["pid"]), wait=wait, replace=replace) if st else None
+    except Exception as e:  # the host only saves start-up time: the work is done
+        logging.getLogger(__name__).warning("the warm command host did not start: %s", e)
+        return None
 
 
 def _summary(summary: dict) -> None:
@@ -301,6 +316,9 @@ def server_start() -> None:
         running = prefect_server.status()
         st = running or prefect_server.start()
     console.print(f"{'running' if running else 'started'}: pid {st['pid']}, API {st['api_url']}, UI {st['ui_url']}, log {st['log']}")
+    host = _warm_host(wait=120.0, replace=True)
+    if host:
+        console.print(f"warm command host: pid {host['pid']} (torch and transformers imported once; log {host['log']})")
 
 
 @server_app.command("stop")
@@ -308,8 +326,13 @@ def server_stop() -> None:
     """Stop the shared Prefect server (the next stage command starts it again)."""
     from aifeedback import prefect_server
 
+    from flows import warm
+
+    host = warm.stop()
     st = prefect_server.stop()
     console.print(f"stopped: pid {st['pid']} ({st['api_url']})" if st else "no shared Prefect server is running")
+    if host:
+        console.print(f"stopped the warm command host: pid {host['pid']}")
 
 
 @server_app.command("status")
@@ -321,10 +344,16 @@ def server_status(as_json: bool = typer.Option(False, "--json", help="Print the 
     configured = None
     with contextlib.suppress(Exception):
         configured = prefect_server.configured_api_url()
+    from flows import warm
+
+    host = warm.status()
     if as_json:
-        print(json.dumps({"running": st is not None, **(st or {}), "configured_api_url": configured}, indent=1))
+        print(json.dumps({"running": st is not None, **(st or {}), "configured_api_url": configured, "warm_host": host}, indent=1))
     elif st:
         console.print(f"running: pid {st['pid']}, API {st['api_url']}, UI {st['ui_url']}, since {st['started']}, log {st['log']}")
+        if host:
+            match = host["key"] == warm.fingerprint()
+            console.print(f"warm command host: pid {host['pid']}, since {host['started']}" + ("" if match else " (started from another environment: this shell's commands run cold)"))
     else:
         console.print("no shared Prefect server is running; the next stage command starts one (or `aifeedback server start`)")
     if configured and not as_json:
