@@ -133,3 +133,23 @@ def test_a_killed_or_interrupted_command_leaves_no_process(home, tmp_path, sig):
     assert host.children() == [] and host.is_running()
     if sig == signal.SIGINT:  # passed on: the child stopped the way a cold command stops on Ctrl-C
         assert proc.returncode != 0
+
+
+def test_a_signal_the_command_ignores_stays_ignored(home, tmp_path):
+    """nohup and `cmd &` in scripts start the command with SIGHUP or SIGINT ignored; its warm child ignores them too."""
+    pairs = _pairs(tmp_path / "pairs.jsonl", 40)
+    forks = len(_forks(home))
+    run = tmp_path / "run"
+
+    def ignore_hup():
+        signal.signal(signal.SIGHUP, signal.SIG_IGN)
+
+    proc = subprocess.Popen(AIF + ["label", "--input", str(pairs), "--run-dir", str(run)], cwd=REPO, env=_env(home), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, preexec_fn=ignore_hup)
+    deadline = time.time() + 300
+    while time.time() < deadline and not (run / "configs" / "label.json").is_file() and proc.poll() is None:
+        time.sleep(0.1)
+    os.kill(proc.pid, signal.SIGHUP)
+    out, err = proc.communicate(timeout=600)
+    assert proc.returncode == 0, err[-3000:]
+    assert len(_forks(home)) == forks + 1
+    assert len(_labels(run)) == 40
