@@ -51,7 +51,8 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _alive(pid: int) -> bool:
+def alive(pid: int) -> bool:
+    """The process exists and is not a zombie."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -74,17 +75,22 @@ def _healthy(api_url: str, timeout: float = 2.0) -> bool:
         return False
 
 
-def _read_state() -> dict | None:
+def read_json(path: Path) -> dict | None:
+    """A state file's content, or None when it is missing or unreadable."""
     try:
-        return json.loads(state_path().read_text())
+        return json.loads(path.read_text())
     except (OSError, ValueError):
         return None
+
+
+def _read_state() -> dict | None:
+    return read_json(state_path())
 
 
 def status() -> dict | None:
     """The shared server when its process is alive and its API answers, else None."""
     st = _read_state()
-    if not st or not _alive(int(st.get("pid", -1))):
+    if not st or not alive(int(st.get("pid", -1))):
         return None
     if not _healthy(st["api_url"]):
         return None
@@ -92,13 +98,13 @@ def status() -> dict | None:
 
 
 @contextlib.contextmanager
-def _lock():
-    """One starter at a time: two commands starting together share one server."""
+def state_lock(name: str = STATE_FILE):
+    """One starter (or stopper) at a time of what ``$PREFECT_HOME/name`` describes: two commands starting together share one."""
     import fcntl
 
     home = prefect_home()
     home.mkdir(parents=True, exist_ok=True)
-    with open(home / (STATE_FILE + ".lock"), "w") as fh:
+    with open(home / (name + ".lock"), "w") as fh:
         fcntl.flock(fh, fcntl.LOCK_EX)
         try:
             yield
@@ -111,9 +117,9 @@ def start(timeout: float = 180.0) -> dict:
 
     Waits until its API answers. Raises ServerError naming the log when it does not come up.
     """
-    with _lock():
+    with state_lock():
         st = _read_state()
-        if st and _alive(int(st.get("pid", -1))):
+        if st and alive(int(st.get("pid", -1))):
             # started by another command and still coming up, or running: wait for it rather than start a second
             if _wait_healthy(st, timeout):
                 return st
@@ -148,7 +154,7 @@ def _wait_healthy(st: dict, timeout: float, proc: subprocess.Popen | None = None
     while time.monotonic() < deadline:
         if proc is not None and proc.poll() is not None:
             return False
-        if proc is None and not _alive(int(st["pid"])):
+        if proc is None and not alive(int(st["pid"])):
             return False
         if _healthy(st["api_url"]):
             return True
@@ -162,7 +168,7 @@ def stop(timeout: float = 15.0) -> dict | None:
     if not st:
         return None
     pid = int(st.get("pid", -1))
-    if pid > 0 and _alive(pid):
+    if pid > 0 and alive(pid):
         try:
             os.killpg(pid, signal.SIGTERM)
         except (ProcessLookupError, PermissionError):

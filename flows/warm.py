@@ -46,6 +46,8 @@ import sys
 import time
 from pathlib import Path
 
+from aifeedback.prefect_server import alive, prefect_home, read_json, state_lock
+
 ENABLE_ENV = "AIFEEDBACK_WARM"
 STATE_FILE = "aifeedback-warm.json"
 PRELOAD = (  # third-party modules only: what a stage command imports before its first model call
@@ -61,12 +63,8 @@ _VOLATILE = {"PWD", "OLDPWD", "SHLVL", "_", "TERM", "COLUMNS", "LINES", "PS1", "
 
 
 # -- where a host lives -----------------------------------------------------------------------------
-def _prefect_home() -> Path:
-    return Path(os.environ.get("PREFECT_HOME") or Path.home() / ".prefect").expanduser()
-
-
 def state_path() -> Path:
-    return _prefect_home() / STATE_FILE
+    return prefect_home() / STATE_FILE
 
 
 _START_ENV: dict[str, str] | None = None  # the environment as the command started (main()), before the command changed it
@@ -87,7 +85,7 @@ def fingerprint() -> str:
         packages = 0
     env = sorted((k, v) for k, v in _env().items() if k not in _VOLATILE and not k.startswith(_VOLATILE_PREFIXES))
     cpus = sorted(os.sched_getaffinity(0))  # OpenMP sizes its pool from this when torch loads
-    blob = json.dumps([sys.executable, purelib, packages, str(_prefect_home().resolve()), cpus, env])
+    blob = json.dumps([sys.executable, purelib, packages, str(prefect_home().resolve()), cpus, env])
     return hashlib.sha256(blob.encode()).hexdigest()[:24]
 
 
@@ -98,23 +96,9 @@ def _socket_path(key: str) -> Path:
     return base / f"{key}.sock"
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    try:  # a zombie is not alive
-        with open(f"/proc/{pid}/stat") as fh:
-            return fh.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except OSError:
-        return True
-
-
 def _is_host(pid: int) -> bool:
     """pid is alive and is a warm host (not another process that got the pid after a reboot)."""
-    if pid <= 0 or not _alive(pid):
+    if pid <= 0 or not alive(pid):
         return False
     try:
         with open(f"/proc/{pid}/cmdline", "rb") as fh:
@@ -125,10 +109,7 @@ def _is_host(pid: int) -> bool:
 
 
 def _read_state() -> dict | None:
-    try:
-        return json.loads(state_path().read_text())
-    except (OSError, ValueError):
-        return None
+    return read_json(state_path())
 
 
 def status() -> dict | None:
@@ -137,21 +118,6 @@ def status() -> dict | None:
     if st and _is_host(int(st.get("pid", -1))) and Path(st["socket"]).exists():
         return st
     return None
-
-
-@contextlib.contextmanager
-def _lock():
-    """One starter or stopper at a time."""
-    import fcntl
-
-    home = _prefect_home()
-    home.mkdir(parents=True, exist_ok=True)
-    with open(home / (STATE_FILE + ".lock"), "w") as fh:
-        fcntl.flock(fh, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
 
 
 # -- starting and stopping ----------------------------------------------------------------------------
@@ -165,12 +131,12 @@ def start(watch_pid: int, wait: float = 0.0, replace: bool = False) -> dict | No
     if _env().get(ENABLE_ENV, "1") == "0":
         return None
     key = fingerprint()
-    with _lock():
+    with state_lock(STATE_FILE):
         st = _read_state()
         running = st is not None and _is_host(int(st.get("pid", -1)))
         if running and st.get("key") == key and st.get("watch_pid") == watch_pid:
             pass  # this one (perhaps still importing)
-        elif running and _alive(int(st.get("watch_pid", -1))) and not replace:
+        elif running and alive(int(st.get("watch_pid", -1))) and not replace:
             return None
         else:
             _stop_locked()
@@ -184,7 +150,7 @@ def start(watch_pid: int, wait: float = 0.0, replace: bool = False) -> dict | No
 def _spawn(watch_pid: int, key: str) -> dict:
     import subprocess
 
-    home = _prefect_home()
+    home = prefect_home()
     log = home / "aifeedback-warm.log"
     # the command's environment as it started, without what the host never needs (API keys, our switches)
     env = {k: v for k, v in _env().items() if not k.startswith(("OPENAI_", "AIFEEDBACK_"))}
@@ -209,7 +175,7 @@ def _spawn(watch_pid: int, key: str) -> dict:
 
 def stop(timeout: float = 10.0) -> dict | None:
     """Stop this PREFECT_HOME's host (commands it is running finish); returns what was stopped, or None."""
-    with _lock():
+    with state_lock(STATE_FILE):
         return _stop_locked(timeout)
 
 
@@ -222,7 +188,7 @@ def _stop_locked(timeout: float = 10.0) -> dict | None:
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.kill(pid, signal.SIGTERM)
         deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline and _alive(pid):
+        while time.monotonic() < deadline and alive(pid):
             time.sleep(0.05)
         if _is_host(pid):
             with contextlib.suppress(ProcessLookupError, PermissionError):
@@ -256,7 +222,7 @@ def serve(watch_pid: int, key: str) -> None:
     signal.signal(signal.SIGCHLD, signal.SIG_IGN)  # children are reaped by the kernel
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     try:
-        while _alive(watch_pid):
+        while alive(watch_pid):
             try:
                 conn, _ = listener.accept()
             except socket.timeout:
