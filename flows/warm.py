@@ -59,7 +59,7 @@ PRELOAD = (  # third-party modules only: what a stage command imports before its
 )
 NOT_DELEGATED = {"server", "--help", "-h", "--install-completion", "--show-completion"}
 _VOLATILE_PREFIXES = ("PREFECT_", "AIFEEDBACK_", "OPENAI_", "SSH_", "TMUX", "XDG_SESSION", "WINDOW", "TERM_", "VSCODE_")
-_VOLATILE = {"PWD", "OLDPWD", "SHLVL", "_", "TERM", "COLUMNS", "LINES", "PS1", "PS2", "PROMPT_COMMAND", "SHELL", "MAIL", "LS_COLORS", "DISPLAY", "SSH_AUTH_SOCK", "COLORTERM", "PYTEST_CURRENT_TEST"}
+_VOLATILE = {"PWD", "OLDPWD", "SHLVL", "_", "TERM", "COLUMNS", "LINES", "PS1", "PS2", "PROMPT_COMMAND", "SHELL", "MAIL", "LS_COLORS", "DISPLAY", "SSH_AUTH_SOCK", "COLORTERM"}
 
 
 # -- where a host lives -----------------------------------------------------------------------------

@@ -25,7 +25,8 @@ AIF = [str(Path(sys.executable).parent / "aifeedback")]
 
 
 def _env(home: Path, **extra: str) -> dict:
-    env = {k: v for k, v in os.environ.items() if k not in ("PREFECT_API_URL", "AIFEEDBACK_PREFECT_SERVER", "AIFEEDBACK_WARM")}
+    # PYTEST_CURRENT_TEST changes between a fixture and its test: a shell's commands share one environment
+    env = {k: v for k, v in os.environ.items() if k not in ("PREFECT_API_URL", "AIFEEDBACK_PREFECT_SERVER", "AIFEEDBACK_WARM", "PYTEST_CURRENT_TEST")}
     env.update(PREFECT_HOME=str(home), PYTHONPATH=str(REPO), HF_HUB_OFFLINE="1", **extra)
     return env
 
