@@ -19,3 +19,7 @@ class BackendError(AIFeedbackError):
 
 class InputError(AIFeedbackError, ValueError):
     """An input file cannot be read as the stage expects."""
+
+
+class StoreError(AIFeedbackError):
+    """The run store cannot be read or written (a missing stage or shard, a full or read-only disk)."""

@@ -4,7 +4,7 @@ Configs, each built only from a stage the run has:
 
 - ``preferences``: AI-labelled pairs in TRL's conversational ``prompt``/``chosen``/``rejected``
   columns (chosen = the winner, aifeedback.preference.winner); ties are left out, and the
-  ``min_confidence`` and ``consistent_only`` filters apply here only.
+  ``min_confidence`` and ``consistency`` filters (aifeedback.preference.select) apply here only.
 - ``sft``: constitutional revisions, ``messages`` = prompt + final revision (revised,
   non-degenerate rows), with the critique/revision chain.
 - ``revision_preferences``: the final revision (chosen) over the initial response (rejected).
@@ -21,36 +21,40 @@ from __future__ import annotations
 
 import json
 import random
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass
 
 import yaml
+from pydantic import ConfigDict, Field, field_validator
 
-from .errors import ConfigError
-from .preference import trl_pair
+from .config import StrictModel
+from .preference import ConsistencyFilter, MinConfidence, select, trl_pair
 
 SPLITS = ("train", "test")
 
 
-@dataclass(frozen=True)
-class ExportOptions:
-    test_size: float = field(default=0.1, metadata={"help": "Fraction of prompts held out as the test split (by prompt, shared by all configs); 0 writes train only."})
-    seed: int = field(default=0, metadata={"help": "Seed of the train/test assignment of prompts."})
-    min_confidence: float = field(default=0.0, metadata={"help": "preferences: drop pairs whose label confidence |2 p(A>B) - 1| is below this."})
-    consistent_only: bool = field(default=False, metadata={"help": "preferences: keep only pairs whose two orders agreed (single-order and pointwise pairs have no such check and are dropped)."})
-    drop_suspected_injection: bool = field(default=False, metadata={"help": "preferences: drop pairs where a response addresses the judge (label rows' injection_flags, labelers/injection.py)."})
-    license: str = field(default="other", metadata={"help": "License id for the card's metadata (e.g. cc-by-4.0); the default 'other' asserts none: pick the one your prompts and models allow."})
+class ExportOptions(StrictModel):
+    """What ``aifeedback export`` keeps and how it splits; the filters apply to the ``preferences`` config only."""
 
-    def __post_init__(self):
-        if not 0 <= self.test_size < 1:
-            raise ConfigError(f"test_size must be in [0, 1), got {self.test_size}")
-        if not 0 <= self.min_confidence <= 1:
-            raise ConfigError(f"min_confidence must be in [0, 1] (confidence is |2 p(A>B) - 1|), got {self.min_confidence}")
-        if not self.license or not self.license.strip() or any(c.isspace() for c in self.license):
-            raise ConfigError(f"license must be a Hub license id such as cc-by-4.0, mit or other, got {self.license!r}")
+    model_config = ConfigDict(frozen=True)
+
+    test_size: float = Field(0.1, ge=0, lt=1, description="Fraction of prompts held out as the test split (by prompt, shared by all configs); 0 writes train only.")
+    seed: int = Field(0, description="Seed of the train/test assignment of prompts.")
+    min_confidence: MinConfidence = 0.0
+    consistency: ConsistencyFilter = "any"
+    drop_suspected_injection: bool = Field(False, description="preferences: drop pairs where a response addresses the judge (label rows' injection_flags, labelers/injection.py).")
+    license: str = Field("other", description="License id for the card's metadata (e.g. cc-by-4.0); the default 'other' asserts none: pick the one your prompts and models allow.")
+
+    @field_validator("license")
+    @classmethod
+    def _license(cls, v: str) -> str:
+        if not v or not v.strip() or any(c.isspace() for c in v):
+            raise ValueError(f"license must be a Hub license id such as cc-by-4.0, mit or other, got {v!r}")
+        return v
 
 
 def option_help(name: str) -> str:
-    return next(f.metadata["help"] for f in fields(ExportOptions) if f.name == name)
+    """The help of an export option: its ``Field`` description."""
+    return ExportOptions.model_fields[name].description
 
 
 def _schemas() -> dict:
@@ -103,18 +107,16 @@ def _label_provenance(r: dict) -> dict:
 
 
 def preference_rows(labels: list[dict], opts: ExportOptions) -> tuple[list[dict], dict]:
-    """TRL preference rows from label rows, and how many each filter removed (each row counts once, first filter wins)."""
-    rows, counts = [], {"label_rows": len(labels), "ties": 0, "inconsistent": 0, "below_min_confidence": 0, "suspected_injection": 0}
-    for r in labels:
-        if trl_pair(r) is None:  # the one definition of a tie (aifeedback/preference.py)
-            counts["ties"] += 1
-            continue
-        if opts.consistent_only and r["consistent"] is not True:
-            counts["inconsistent"] += 1
-            continue
-        if r["confidence"] is None or r["confidence"] < opts.min_confidence:
-            counts["below_min_confidence"] += 1
-            continue
+    """TRL preference rows from label rows, and how many each filter removed (each row counts once, first filter wins).
+
+    Ties go first (the one definition of a tie, aifeedback.preference.winner), then
+    aifeedback.preference.select (consistency, min_confidence), then suspected injection.
+    """
+    decided = [r for r in labels if trl_pair(r) is not None]
+    kept, dropped = select(decided, opts.min_confidence, opts.consistency)
+    counts = {"label_rows": len(labels), "ties": len(labels) - len(decided), **dropped, "suspected_injection": 0}
+    rows = []
+    for r in kept:
         if opts.drop_suspected_injection and r.get("injection_flags"):
             counts["suspected_injection"] += 1
             continue
@@ -274,7 +276,7 @@ def count_line(name: str, c: dict, opts: ExportOptions) -> str:
     if name == "preferences":
         return (
             f"{c['label_rows']} label rows = {c['exported']} exported + {c['ties']} ties (hard label `tie`, left out) + "
-            f"{c['inconsistent']} inconsistent (consistent_only={opts.consistent_only}) + {c['below_min_confidence']} below min_confidence={opts.min_confidence}"
+            f"{c['inconsistent']} inconsistent + {c.get('consistency_unknown', 0)} scored in one order only (consistency={opts.consistency}) + {c['below_min_confidence']} below min_confidence={opts.min_confidence}"
             f" + {c.get('suspected_injection', 0)} suspected injection (drop_suspected_injection={opts.drop_suspected_injection})"
         )
     if name == "pointwise":

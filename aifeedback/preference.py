@@ -15,13 +15,21 @@ ran, is derived here when the labels are read:
 
 So changing ``tie_margin``, ``temperature`` or ``cot_clamp`` costs no model call,
 and export, DPO data, the reward-model set, agreement and the views all use
-:func:`winner` and :func:`trl_pair`: they agree pair by pair.
+:func:`winner` and :func:`trl_pair`: they agree pair by pair. They also filter pairs
+with one function, :func:`select` (``min_confidence`` and ``consistency``, each
+declared once, as :data:`MinConfidence` and :data:`ConsistencyFilter`).
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass
+from typing import Annotated, Literal, TypeVar
+
+from pydantic import Field
+
+from .errors import ConfigError, StoreError
 
 DERIVED_COLUMNS = ("p_ab", "p_ba", "p_a", "hard_label", "confidence", "consistent", "position_preferred", "score_a", "score_b")
 
@@ -43,6 +51,16 @@ class Derivation:
 
     def as_dict(self) -> dict:
         return asdict(self)
+
+    @classmethod
+    def from_manifest(cls, d: dict) -> "Derivation":
+        """From a manifest's ``derive`` entry (:meth:`as_manifest`, or a LabelConfig's keys in older manifests)."""
+        clamp = d.get("cot_clamp") if d.get("cot", True) else None
+        return cls(float(d["tie_margin"]), float(d["temperature"]), tuple(clamp) if clamp else None)
+
+    def as_manifest(self) -> dict:
+        """The manifest's ``derive`` entry (``cot`` says whether the clamp applies, as in a LabelConfig)."""
+        return {"tie_margin": self.tie_margin, "temperature": self.temperature, "cot": self.cot_clamp is not None, "cot_clamp": list(self.cot_clamp) if self.cot_clamp else None}
 
 
 # pure functions ---------------------------------------------------------------
@@ -146,8 +164,6 @@ def derive_table(table, d: Derivation):
     from .records import LABELS
 
     if "option_probs" not in table.column_names:
-        from .store import StoreError
-
         raise StoreError("these labels were stored by an older aifeedback (no option_probs column); re-run `aifeedback label` with the same --run-dir to relabel them")
     rows = table.select(["mode", "option_probs", "candidates"]).to_pylist()
     derived = [derive(r, d) for r in rows]
@@ -177,3 +193,69 @@ def trl_pair(row: dict) -> dict | None:
         "p_chosen": row["p_a"] if w == "A" else 1 - row["p_a"],
         "chosen_was": w,
     }
+
+
+# the filter -------------------------------------------------------------------
+Consistency = Literal["any", "drop_inconsistent", "consistent_only"]
+CONSISTENCY: tuple[str, ...] = Consistency.__args__
+DROP_REASONS = ("inconsistent", "consistency_unknown", "below_min_confidence")
+
+# Each option is declared once: every config that filters pairs (export, reward model, DPO) uses these types.
+MinConfidence = Annotated[
+    float,
+    Field(
+        ge=0,
+        le=1,
+        description="Drop pairs whose label confidence |2 p(A>B) - 1| is below this; 0 keeps every pair. Above 0, a pair with no recorded confidence is dropped too.",
+    ),
+]
+ConsistencyFilter = Annotated[
+    Consistency,
+    Field(
+        description=(
+            "Filter on whether the two presentation orders agreed: any keeps every pair; drop_inconsistent drops pairs whose two orders disagreed; "
+            "consistent_only keeps only pairs scored in both orders that agreed. A pair scored in one order only (single-order, pointwise, imported "
+            "or reward-model labels) was never checked: it is not inconsistent, so only consistent_only drops it."
+        )
+    ),
+]
+
+R = TypeVar("R", bound=Mapping)
+
+
+def drop_reason(row: Mapping, min_confidence: float = 0.0, consistency: Consistency = "any") -> str | None:
+    """Why :func:`select` drops ``row`` (one of DROP_REASONS; consistency is checked first), or None when it is kept."""
+    consistent = row.get("consistent")
+    if consistency != "any" and consistent is False:
+        return "inconsistent"
+    if consistency == "consistent_only" and consistent is None:
+        return "consistency_unknown"
+    if min_confidence > 0:
+        conf = row.get("confidence")
+        if conf is None or conf < min_confidence:
+            return "below_min_confidence"
+    return None
+
+
+def select(rows: Iterable[R], min_confidence: float = 0.0, consistency: Consistency = "any") -> tuple[list[R], dict[str, int]]:
+    """The one preference filter: the rows kept (in order) and how many were dropped, by reason (each row counts once).
+
+    ``rows`` are derived label rows (dicts, as ``RunStore.read_table("labels").to_pylist()``
+    gives them); only their ``confidence`` and ``consistent`` are read. The rule for a missing
+    value is the one in the descriptions of :data:`MinConfidence` and :data:`ConsistencyFilter`.
+    Ties are not a filter here: whether a tie is a pair to keep depends on the caller (soft
+    labels keep it; TRL rows cannot hold it).
+    """
+    if not 0 <= min_confidence <= 1:
+        raise ConfigError(f"min_confidence must be in [0, 1] (confidence is |2 p(A>B) - 1|), got {min_confidence}")
+    if consistency not in CONSISTENCY:
+        raise ConfigError(f"consistency must be one of {', '.join(CONSISTENCY)}, got {consistency!r}")
+    kept: list[R] = []
+    dropped = dict.fromkeys(DROP_REASONS, 0)
+    for r in rows:
+        reason = drop_reason(r, min_confidence, consistency)
+        if reason is None:
+            kept.append(r)
+        else:
+            dropped[reason] += 1
+    return kept, dropped

@@ -1,66 +1,36 @@
-"""Batch planning for stages, with no Prefect in it (tasks wrap :func:`run_batch`).
+"""The stage driver: runs any :class:`~aifeedback.batches.StageJob`, with pluggable submission.
 
-A stage is a list of input items cut into batches. Each batch gets a
-content-addressed key; a batch whose shard exists is skipped. A :class:`StageJob`
-holds only configs (it is cheap to pickle for Ray) and gets its backend from the
-per-process cache, so the model loads once per worker.
+:func:`execute_stage` reads the input, cuts it into batches of the items not yet
+computed (:func:`~aifeedback.batches.iter_batches`), hands each batch to a
+:class:`Submitter`, and writes the stage manifest and the run's history. It imports
+no Prefect: the default submitter runs batches in this process, one after another;
+:class:`Threads` runs them on a thread pool, :class:`Ray` on Ray workers (a local
+cluster, or the one at ``ray_address``). ``flows.common`` adds one that runs each
+batch as a Prefect task, used when a command runs as a Prefect flow.
 """
 
 from __future__ import annotations
 
 import contextlib
-import gc
-import hashlib
-import json
+import itertools
+import logging
 import os
 import threading
 import time
-from dataclasses import dataclass, field
-from collections.abc import Iterable, Iterator
+from collections import deque
+from collections.abc import Callable, Iterable
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, Protocol
 
-import pyarrow as pa
-
-from . import usage
 from .backends import Backend, make_backend
+from .batches import BatchResult, Excluded, Reuse, StageJob, iter_batches, run_batch, stage_gc
 from .config import BackendConfig
-from .records import content_json
-from .store import RunStore, batch_key
+from .errors import ConfigError
+from .store import RunStore
 
 _BACKENDS: dict[str, Backend] = {}
 _CREATE = threading.Lock()
-
-# Young-generation threshold while a stage runs. A batch allocates millions of short-lived
-# containers (item dicts, message lists, prompt fields); with Python's default threshold (700)
-# they trigger thousands of collections, and the full ones walk every object of the process -
-# in a flow run that includes Prefect's (about 340k tracked objects against 80k without it).
-# That made the same batch loop 1.6x slower inside the flow than outside it (issue 18).
-# Batches build no reference cycles of their own (reference counting frees them), so
-# collecting every 100k allocations instead keeps memory flat at a fraction of the cost.
-STAGE_GC_THRESHOLD = (100_000, 50, 100)
-_GC_LOCK = threading.Lock()
-_GC_DEPTH = 0
-_GC_SAVED: tuple[int, ...] = ()
-
-
-@contextlib.contextmanager
-def stage_gc():
-    """Within the block, the garbage collector runs at :data:`STAGE_GC_THRESHOLD` (re-entrant, thread-safe;
-    the thresholds before the outermost block come back after it)."""
-    global _GC_DEPTH, _GC_SAVED
-    with _GC_LOCK:
-        if _GC_DEPTH == 0:
-            _GC_SAVED = gc.get_threshold()
-            if _GC_SAVED[0] != 0:  # 0: collection switched off by the caller, left so
-                gc.set_threshold(*(max(a, b) for a, b in zip(STAGE_GC_THRESHOLD, _GC_SAVED)))
-        _GC_DEPTH += 1
-    try:
-        yield
-    finally:
-        with _GC_LOCK:
-            _GC_DEPTH -= 1
-            if _GC_DEPTH == 0:
-                gc.set_threshold(*_GC_SAVED)
+log = logging.getLogger("aifeedback.stage")
 
 
 def cached_backend(cfg: BackendConfig) -> Backend:
@@ -92,183 +62,254 @@ def backend_override(cfg: BackendConfig, backend: Backend):
                 _BACKENDS[key] = before
 
 
-class StageJob(Protocol):
-    stage: str
-    schema: pa.Schema
+class Submitter(Protocol):
+    """Where a stage's batches run. ``submit`` returns a future (``.result()``); ``max_in_flight`` bounds memory.
 
-    def item_id(self, item: Any) -> str: ...
-    def key_config(self) -> dict: ...  # what changes outputs, besides item ids
-    def model_id(self) -> str: ...
-    def template_version(self) -> str: ...
-    def compute(self, items: list[Any], key: str) -> tuple[list[dict], list[dict], dict]: ...  # rows, excluded, stats
-
-
-@dataclass(slots=True)
-class Excluded:
-    """An input item that became an exclusion row before reaching the model (bad row, duplicate id...)."""
-
-    row: dict
-
-
-class Batch:
-    """One batch of a stage. A plain class, not a dataclass: Prefect walks dataclass and
-    collection parameters item by item (14 of 20 s at 20k pairs), but passes other objects whole."""
-
-    __slots__ = ("index", "key", "items", "done", "excluded", "item_keys")
-
-    def __init__(self, index: int, key: str, items: list[Any], done: bool, excluded: list[dict] | None = None, item_keys: list[str] | None = None):
-        self.index, self.key, self.items, self.done = index, key, items, done
-        self.excluded = excluded or []  # input exclusions only (an exclusion batch has no items)
-        self.item_keys = item_keys or []  # one per item (or per input exclusion), in order
-
-    def __repr__(self) -> str:
-        return f"Batch(index={self.index}, key={self.key!r}, items={len(self.items)}, done={self.done}, excluded={len(self.excluded)})"
-
-
-@dataclass(slots=True)
-class BatchResult:
-    key: str
-    n_rows: int
-    n_excluded: int
-    computed: bool
-    seconds: float = 0.0  # whole batch, inside the worker
-    stats: dict = field(default_factory=dict)  # model_calls, retries, model_s (backend), write_s (run store)
-
-
-@dataclass
-class Reuse:
-    """What a stage invocation took from shards already on disk, item by item, and its shards in order."""
-
-    index: dict[str, str]  # item key -> shard key, for every finished shard of the stage
-    sizes: dict[str, int]  # shard key -> distinct item keys in it
-    taken: dict[str, list[str]] = field(default_factory=dict)  # shard key -> item keys of this invocation taken from it
-    order: list[str] = field(default_factory=list)  # every shard of this invocation (reused and new), in order of first use
-    n_in: int = 0  # items (and input exclusions) of this invocation
-    n_reused: int = 0
-
-    def selection(self) -> dict[str, list[str]]:
-        """The shards this invocation used only in part, with the item keys it took from each."""
-        return {s: ks for s, ks in self.taken.items() if len(ks) < self.sizes.get(s, 0)}
-
-
-def _prefix(job: StageJob) -> bytes:
-    """Everything of an item key but the item: the stage, its output-affecting config, model and template."""
-    blob = json.dumps({"stage": job.stage, "config": job.key_config(), "model": job.model_id(), "template": job.template_version()}, sort_keys=True, default=str)
-    return hashlib.sha256(blob.encode()).digest()
-
-
-def item_key(prefix: bytes, item: Any) -> str:
-    """The content key of one input item under one output-affecting config: equal keys, equal outputs."""
-    blob = content_json(item).encode("utf-8", "surrogatepass")  # json.dumps(item, sort_keys=True, default=str, ensure_ascii=False)
-    return hashlib.blake2b(prefix + blob, digest_size=12).hexdigest()
-
-
-def iter_batches(store: RunStore, job: StageJob, items: Iterable[Any], batch_size: int, reuse: Reuse | None = None) -> Iterator[Batch]:
-    """Cut a stream of items (and :class:`Excluded` rows) into batches of the items not yet computed.
-
-    Reuse is per item: an item whose key (its content, the stage's output-affecting config,
-    the model and the template) is in any finished shard of the stage is never computed
-    again, whatever batch it was in, so ``batch_size``, input order and appended rows do
-    not cause recomputation. New items are batched in input order; a batch's shard key is
-    a hash of its item keys, and the shard's file marks it done (crash-safe, as before).
-    Input exclusions travel in batches of their own. ``reuse`` collects what was reused.
+    A submitter is a context manager: it holds its workers (threads, a Ray cluster) only inside the block.
     """
-    if reuse is None:
-        reuse = Reuse(*store.item_index(job.stage))
-    prefix = _prefix(job)
-    excl_prefix = hashlib.sha256(prefix + b"input-exclusion").digest()
-    seen_excl: dict[bytes, int] = {}  # identical bad rows stay distinct exclusions: keyed by content digest and occurrence
-    chunk: list[Any] = []
-    chunk_keys: list[str] = []
-    excl: list[dict] = []
-    excl_keys: list[str] = []
-    index = 0
 
-    def take(k: str) -> bool:
-        shard = reuse.index.get(k)
-        if shard is None:
-            return False
-        if shard not in reuse.taken:
-            reuse.taken[shard] = []
-            reuse.order.append(shard)
-        reuse.taken[shard].append(k)
-        reuse.n_reused += 1
-        return True
+    name: str
+    max_in_flight: int
+    logger: logging.Logger | logging.LoggerAdapter
 
-    def make(rows: list[Any], keys: list[str], ex: list[dict]) -> Batch:
-        nonlocal index
-        key = batch_key(job.stage, keys, "", "", "")
-        b = Batch(index, key, rows, store.has(job.stage, key), ex, keys)
-        index += 1
-        reuse.order.append(key)
-        return b
+    def submit(self, fn: Callable[..., BatchResult], *args: Any) -> Any: ...
+    def __enter__(self) -> "Submitter": ...
+    def __exit__(self, *exc: Any) -> None: ...
 
-    for it in items:
-        reuse.n_in += 1
-        if isinstance(it, Excluded):
-            content = json.dumps(it.row, sort_keys=True, default=str)
-            digest = hashlib.blake2b(content.encode("utf-8", "surrogatepass"), digest_size=16).digest()
-            n = seen_excl[digest] = seen_excl.get(digest, 0) + 1
-            k = item_key(excl_prefix, [content, n])
-            if take(k):
+
+class InProcess(contextlib.AbstractContextManager):
+    """Each batch runs in this process when submitted (the default)."""
+
+    name = "sequential"
+    max_in_flight = 1
+    logger = log
+
+    def submit(self, fn: Callable[..., BatchResult], *args: Any) -> Future:
+        fut: Future = Future()
+        fut.set_result(fn(*args))
+        return fut
+
+    def __exit__(self, *exc: Any) -> None:
+        return None
+
+
+class Threads(contextlib.AbstractContextManager):
+    """Batches on a pool of ``workers`` threads (a remote endpoint's requests overlap; in-process engines serialise)."""
+
+    name = "threads"
+    logger = log
+
+    def __init__(self, workers: int | None = None):
+        self.workers = workers or 4
+        self.max_in_flight = 2 * self.workers
+        self._pool: ThreadPoolExecutor | None = None
+
+    def __enter__(self) -> "Threads":
+        self._pool = ThreadPoolExecutor(max_workers=self.workers, thread_name_prefix="aifeedback-batch")
+        return self
+
+    def submit(self, fn: Callable[..., BatchResult], *args: Any) -> Future:
+        assert self._pool is not None, "submit inside `with Threads(...)`"
+        return self._pool.submit(fn, *args)
+
+    def __exit__(self, *exc: Any) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=True, cancel_futures=exc[0] is not None)
+            self._pool = None
+
+
+class _RayResult:
+    __slots__ = ("ref",)
+
+    def __init__(self, ref: Any):
+        self.ref = ref
+
+    def result(self) -> BatchResult:
+        import ray
+
+        return ray.get(self.ref)
+
+
+class Ray(contextlib.AbstractContextManager):
+    """Batches as Ray tasks: each worker loads the model once and writes its own shards.
+
+    A local cluster of ``workers`` CPUs by default (shut down after the stage), or the
+    cluster at ``ray_address`` (``auto`` or ``ray://HOST:10001``), left running. A Ray
+    task costs about 250 ms here against 11 ms for a thread, so batches should be large.
+    """
+
+    name = "ray"
+    logger = log
+
+    def __init__(self, workers: int | None = None, ray_address: str | None = None):
+        self.workers, self.address = workers, ray_address
+        self.max_in_flight = 2 * (workers or os.cpu_count() or 1)
+        self._remote: Any = None
+        self._started = False
+
+    def __enter__(self) -> "Ray":
+        try:
+            import ray
+        except ImportError:
+            raise ConfigError("runner ray needs ray: pip install 'aifeedback[ray]'") from None
+        if not ray.is_initialized():
+            init: dict = {"include_dashboard": False, "log_to_driver": False}
+            if self.address:
+                init["address"] = self.address
+            else:
+                init["num_cpus"] = self.workers or os.cpu_count() or 1
+            ray.init(**init)
+            self._started = not self.address
+        self._remote = ray.remote(num_cpus=1)(run_batch)
+        return self
+
+    def submit(self, fn: Callable[..., BatchResult], *args: Any) -> _RayResult:
+        if fn is not run_batch:
+            raise ValueError("the ray submitter runs run_batch only")
+        return _RayResult(self._remote.remote(*args))
+
+    def __exit__(self, *exc: Any) -> None:
+        if self._started:
+            import ray
+
+            ray.shutdown()
+            self._started = False
+
+
+RUNNERS = ("sequential", "threads", "ray")
+
+
+def make_submitter(runner: str = "sequential", workers: int | None = None, ray_address: str | None = None) -> Submitter:
+    """The submitter a ``runner`` names (``sequential``, ``threads`` or ``ray``), with no Prefect."""
+    if runner == "sequential":
+        return InProcess()
+    if runner == "threads":
+        return Threads(workers)
+    if runner == "ray":
+        return Ray(workers, ray_address)
+    raise ConfigError(f"runner: unknown value {runner!r}; use one of {', '.join(RUNNERS)}")
+
+
+def _count(store: RunStore, stage: str, keys: list[str], selection: dict[str, list[str]]) -> tuple[int, int]:
+    """(rows, exclusions) over the invocation's shards; shards used in part count only the items taken from them."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+
+    n_rows = n_excl = 0
+    for k in keys:
+        if not store.has(stage, k):
+            continue
+        sel = pa.array(selection[k], pa.string()) if k in selection else None
+        for path, is_excl in ((store.shard_path(stage, k), False), (store.excluded_path(stage, k), True)):
+            if not path.is_file():
                 continue
-            excl.append(dict(it.row, item_key=k))
-            excl_keys.append(k)
-            if len(excl) >= batch_size:
-                yield make([], excl_keys, excl)
-                excl, excl_keys = [], []
-            continue
-        k = item_key(prefix, it)
-        if take(k):
-            continue
-        chunk.append(it)
-        chunk_keys.append(k)
-        if len(chunk) >= batch_size:
-            yield make(chunk, chunk_keys, [])
-            chunk, chunk_keys = [], []
-    if chunk:
-        yield make(chunk, chunk_keys, [])
-    if excl:
-        yield make([], excl_keys, excl)
+            if sel is not None:
+                n = pc.sum(pc.is_in(pq.read_table(path, columns=["item_key"]).column(0), value_set=sel)).as_py() or 0
+            else:
+                n = pq.ParquetFile(path).metadata.num_rows
+            if is_excl:
+                n_excl += n
+            else:
+                n_rows += n
+    return n_rows, n_excl
 
 
-def run_batch(store_root: str, job: StageJob, batch: Batch) -> BatchResult:
-    """Compute one batch and write its shards, unless its shard already exists."""
-    with stage_gc():  # also in a Ray worker, where no flow holds it
-        return _run_batch(store_root, job, batch)
+def execute_stage(
+    store: RunStore,
+    job: StageJob,
+    items: Iterable[Any],
+    batch_size: int,
+    input_excluded: list[dict] | None = None,
+    max_batches: int | None = None,
+    submitter: Submitter | None = None,
+    extra_manifest: dict | None = None,
+    show_progress: bool = True,
+) -> dict:
+    """Run every missing batch of a stage, then write the stage manifest and a history line. Returns a summary.
 
+    ``items`` may be a generator (with :class:`Excluded` rows mixed in): batches are
+    cut as it is read, and at most ``submitter.max_in_flight`` run at once, so memory
+    stays flat at any size. ``extra_manifest`` adds a job's own entries (a label
+    job's :meth:`~aifeedback.label_stage.LabelStageJob.manifest_info`).
+    """
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-def _run_batch(store_root: str, job: StageJob, batch: Batch) -> BatchResult:
-    store = RunStore(store_root, probe=False)
-    if store.has(job.stage, batch.key):
-        return BatchResult(batch.key, -1, -1, computed=False)
+    from .provenance import git_commit, library_versions
+    from .usage import summarise as usage_summary
+
     t0 = time.perf_counter()
-    if not batch.items:  # input exclusions only: no model
-        store.write_batch(job.stage, batch.key, [], job.schema, batch.excluded)
-        dt = time.perf_counter() - t0
-        return BatchResult(batch.key, 0, len(batch.excluded), True, dt, {"write_s": dt})
-    with usage.meter() as used:  # what the backend reports while computing this batch, on this thread
-        rows, excluded, stats = job.compute(batch.items, batch.key)
-    t1 = time.perf_counter()
-    n_in = len(batch.items)
-    key_of = dict(zip((job.item_id(x) for x in batch.items), batch.item_keys))
-    if isinstance(rows, pa.Table):  # rows as columns: their item ids in the "__item__" column
-        ids = rows.column("__item__").to_pylist()
-        accounted = set(ids)
-    else:
-        accounted = {r["__item__"] for r in rows}
-    if len(accounted) + len(excluded) != n_in:
-        raise AssertionError(f"batch {batch.key}: {n_in} items in, {len(accounted)} produced + {len(excluded)} excluded")
-    if isinstance(rows, pa.Table):
-        rows = rows.drop_columns(["__item__"]).append_column("item_key", pa.array([key_of[i] for i in ids], pa.string()))
-    else:
-        for r in rows:
-            r["item_key"] = key_of[r.pop("__item__")]
-    for e in excluded:
-        e["item_key"] = key_of.get(e["item_id"])
-    rec = usage.batch_record(job.stage, batch.key, used, getattr(getattr(job, "cfg", None), "backend", None))
-    store.write_batch(job.stage, batch.key, rows, job.schema, excluded)
-    usage.append(store.root, rec)  # after the shard: a resumed run never counts a batch it did not finish
-    t2 = time.perf_counter()
-    stats = {**stats, "compute_s": t1 - t0, "write_s": t2 - t1, "pid": os.getpid(), "usage": rec}
-    return BatchResult(batch.key, len(rows), len(excluded), True, t2 - t0, stats)
+    sub = submitter if submitter is not None else InProcess()
+    lg = sub.logger
+    stream = itertools.chain((Excluded(e) for e in input_excluded or []), items)
+    reuse = Reuse(*store.item_index(job.stage))
+    keys: list[str] = []  # shards of this invocation, in order
+    results: list[BatchResult] = []
+    pending: deque = deque()
+    n_batches = n_submitted = 0
+    root = str(store.root)
+    with stage_gc(), sub, Progress(TextColumn(f"[bold]{job.stage}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), disable=not show_progress) as bar:
+        tid = bar.add_task(job.stage, total=None)
+        for b in iter_batches(store, job, stream, batch_size, reuse):
+            keys.append(b.key)
+            if not b.items:  # input exclusions: no model, written here
+                if not b.done:
+                    run_batch(root, job, b)
+                continue
+            n_batches += 1
+            if b.done or (max_batches is not None and n_submitted >= max_batches):
+                continue
+            n_submitted += 1
+            pending.append(sub.submit(run_batch, root, job, b))
+            while len(pending) >= sub.max_in_flight:
+                results.append(pending.popleft().result())
+                bar.advance(tid)
+        while pending:
+            results.append(pending.popleft().result())
+            bar.advance(tid)
+    n_in = reuse.n_in
+    computed = [r for r in results if r.computed]
+    lg.info("%s: %d items, %d reused from earlier shards, %d new in %d batches, %d computed", job.stage, n_in, reuse.n_reused, n_in - reuse.n_reused, n_batches, len(computed))
+    complete = all(store.has(job.stage, k) for k in keys)
+    selection = reuse.selection()
+    all_keys = list(dict.fromkeys(reuse.order))  # reused and new shards, in order of first use
+    n_rows, n_excl = _count(store, job.stage, all_keys, selection)
+    summary = {
+        "stage": job.stage,
+        "run_dir": root,
+        "complete": complete,
+        "n_in": n_in,
+        "n_out": n_rows,
+        "n_excluded": n_excl,
+        "batches": n_batches,
+        "items_reused": reuse.n_reused,
+        "batches_computed": len(computed),
+        "model_calls": sum(r.stats.get("model_calls", 0) for r in computed),
+        "retries": sum(r.stats.get("retries", 0) for r in computed),
+        "model_seconds": round(sum(r.stats.get("model_s", r.stats.get("compute_s", 0.0)) for r in results), 3),
+        "compute_seconds": round(sum(r.stats.get("compute_s", 0.0) for r in results), 3),
+        "store_seconds": round(sum(r.stats.get("write_s", 0.0) for r in results), 3),
+        "seconds": round(time.perf_counter() - t0, 3),
+        "worker_processes": len({r.stats["pid"] for r in results if "pid" in r.stats}),
+        "runner": sub.name,
+        **usage_summary([r.stats for r in computed]),  # tokens, cost, the endpoint's settled concurrency
+    }
+    if complete:
+        store.write_manifest(
+            job.stage,
+            all_keys,
+            {
+                **{k: summary[k] for k in ("n_in", "n_out", "n_excluded", "batches")},
+                "key_config": job.key_config(),
+                "model": job.model_id(),
+                "template_version": job.template_version(),
+                "git_commit": git_commit(),
+                "versions": library_versions(),
+                **(extra_manifest or {}),
+            },
+            selection=selection,
+        )
+    store.append_history({"time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), **summary})
+    lg.info("%s: %s", job.stage, {k: summary[k] for k in ("n_in", "n_out", "n_excluded", "batches_computed", "model_calls")})
+    lg.info("%s: %s", job.stage, {k: summary[k] for k in ("requests", "prompt_tokens", "completion_tokens", "cost_usd", "concurrency", "concurrency_min", "rate_limited_total") if k in summary})
+    return summary

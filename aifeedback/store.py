@@ -37,12 +37,8 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from .errors import AIFeedbackError
+from .errors import StoreError
 from .records import EXCLUSIONS
-
-
-class StoreError(AIFeedbackError):
-    pass
 
 
 # the command that writes each stage (error messages name it)
@@ -244,7 +240,7 @@ class RunStore:
             if m is None and (self.root / stage / "_manifest.json").is_file():  # explicit keys: still the run's settings
                 m = self.manifest(stage)
             derive_cfg = (m or {}).get("derive")
-            derivation = Derivation.from_config(derive_cfg) if derive_cfg else Derivation()
+            derivation = Derivation.from_manifest(derive_cfg) if derive_cfg else Derivation()
         for key in keys:
             path = self.excluded_path(stage, key) if excluded else self.shard_path(stage, key)
             if not path.is_file():

@@ -1,8 +1,9 @@
 """Labelling throughput, both orders with soft labels, on the embedded model, measured side by side:
 
 * ours: the Labeler, score_strategy grouped (a batch's shared prefix once, each pair's context once,
-  its orders batched), varlen (many pairs' tokens per pass for the matrix products, attention per
-  pair) and packed (prefix batching: many pairs' orders in one unpadded pass under a block mask)
+  its orders batched) and varlen (many pairs' tokens per pass for the matrix products, attention per
+  pair; the CPU default). The packed strategy (many pairs' orders in one unpadded pass under a dense
+  block mask) was removed: it never beat varlen on CPU nor batched on GPU.
 * naive: one full forward pass per order per pair, batch 1, no prefix reuse
 * roofline: fp32 GEMM FLOP/s measured in this run / (2 * params * tokens that must be computed)
 
@@ -53,6 +54,8 @@ def load_pairs(n: int) -> tuple[list[dict], str]:
 
 def naive_label(backend, labeler, pairs) -> tuple[list[float], int]:
     """Both orders, one full forward pass each, batch 1. Returns (p(A>B) per pair, tokens computed)."""
+    from aifeedback.backends.transformers.scoring import score_single
+
     out, tokens = [], 0
     cands = labeler.template.candidates
     variants = backend.candidate_variants(cands)
@@ -63,7 +66,7 @@ def naive_label(backend, labeler, pairs) -> tuple[list[float], int]:
             sp = labeler.template.prompt(labeler._sample_fields(prep.fields, order), None, labeler.cfg.few_shot)
             ids = backend.encode(backend.render(sp.messages) + sp.answer_prefix)
             tokens += len(ids)
-            lps = backend._score_sequences_single(ids, variants)[0]
+            lps = score_single(backend, ids, variants)[0]
             import math
 
             e = [math.exp(x) for x in lps]
@@ -90,33 +93,30 @@ def ours(backend, labeler, pairs, strategy: str) -> tuple[list[dict], float, int
     return rows, time.perf_counter() - t0, backend.stats.tokens_prefilled
 
 
-STRATEGIES = ("grouped", "varlen", "packed")
+STRATEGIES = ("grouped", "varlen")
 
 
 def compare(backend, labeler, pairs, naive_pairs: int) -> dict:
-    """grouped, varlen and packed over all pairs, the naive labeller over the first naive_pairs, side by side."""
+    """grouped and varlen over all pairs, the naive labeller over the first naive_pairs, side by side."""
     rows_g, grouped_s, _ = ours(backend, labeler, pairs, "grouped")
-    rows_v, varlen_s, _ = ours(backend, labeler, pairs, "varlen")
-    rows, packed_s, needed_tokens = ours(backend, labeler, pairs, "packed")
+    rows, varlen_s, needed_tokens = ours(backend, labeler, pairs, "varlen")
     sub = pairs[:naive_pairs]
     t0 = time.perf_counter()
     naive_p, naive_tokens = naive_label(backend, labeler, sub)
     naive = len(sub) / (time.perf_counter() - t0)
-    packed_p = {r["pair_id"]: r["p_a"] for r in rows}
+    varlen_p = {r["pair_id"]: r["p_a"] for r in rows}
     per_pair, naive_per_pair = needed_tokens / len(rows), naive_tokens / len(sub)
     return {
         "n": len(rows),
         "n_naive": len(sub),
         "naive": naive,
         "grouped": len(rows_g) / grouped_s,
-        "varlen": len(rows_v) / varlen_s,
-        "packed": len(rows) / packed_s,
+        "varlen": len(rows) / varlen_s,
         "per_pair": per_pair,
         "naive_per_pair": naive_per_pair,
         "bound": naive_per_pair / per_pair,  # the most an exact labeller can gain over naive at equal FLOP/s
-        "diff_naive": max(abs(packed_p[p["pair_id"]] - q) for p, q in zip(sub, naive_p)),
+        "diff_naive": max(abs(varlen_p[p["pair_id"]] - q) for p, q in zip(sub, naive_p)),
         "diff_grouped": max(abs(a["p_a"] - b["p_a"]) for a, b in zip(rows, rows_g)),
-        "diff_varlen": max(abs(a["p_a"] - b["p_a"]) for a, b in zip(rows, rows_v)),
     }
 
 
@@ -126,7 +126,6 @@ def print_table(r: dict) -> None:
     print(f"| naive both-order (batch 1, no prefix reuse; {r['n_naive']} pairs) | {r['naive']:.3f} | 1.00x |")
     print(f"| aifeedback, grouped (each pair's orders after the shared prefix) | {r['grouped']:.3f} | {r['grouped'] / r['naive']:.2f}x naive |")
     print(f"| aifeedback, varlen (many pairs per pass, attention per pair; the CPU default) | {r['varlen']:.3f} | {r['varlen'] / r['naive']:.2f}x naive |")
-    print(f"| aifeedback, packed (prefix batching) | {r['packed']:.3f} | {r['packed'] / r['naive']:.2f}x naive |")
 
 
 def main() -> None:
@@ -156,10 +155,10 @@ def main() -> None:
     print(f"fp32 GEMM measured: {flops / 1e9:.1f} GFLOP/s; tokens computed per pair: {r['per_pair']:.0f} (aifeedback), {r['naive_per_pair']:.0f} (naive); token-ratio bound {r['bound']:.2f}x")
     print_table(r)
     print(f"| roofline: GEMM FLOP/s / (2 * params * {r['per_pair']:.0f} tokens) | {roofline:.3f} | " + ", ".join(f"{k} = {r[k] / roofline:.0%}" for k in STRATEGIES) + " of roofline |")
-    print(f"max |p_packed - p_naive| on the shared pairs: {r['diff_naive']:.2e}; max |p_packed - p_grouped|: {r['diff_grouped']:.2e}; max |p_packed - p_varlen|: {r['diff_varlen']:.2e}")
+    print(f"max |p_varlen - p_naive| on the shared pairs: {r['diff_naive']:.2e}; max |p_varlen - p_grouped|: {r['diff_grouped']:.2e}")
     best_name, best = max(((k, r[k]) for k in STRATEGIES), key=lambda x: x[1])
     r_bound, r_roof = (best / r["naive"]) / r["bound"], best / roofline
-    print(f"target ({best_name}, the faster strategy here): >= 90% of the token-ratio bound: {r_bound:.1%} ({'met' if r_bound >= 0.9 else 'NOT met'}); >= 60% of roofline: {r_roof:.1%} ({'met' if r_roof >= 0.6 else 'NOT met'}); varlen vs grouped {r['varlen'] / r['grouped']:.2f}x, packed vs grouped {r['packed'] / r['grouped']:.2f}x")
+    print(f"target ({best_name}, the faster strategy here): >= 90% of the token-ratio bound: {r_bound:.1%} ({'met' if r_bound >= 0.9 else 'NOT met'}); >= 60% of roofline: {r_roof:.1%} ({'met' if r_roof >= 0.6 else 'NOT met'}); varlen vs grouped {r['varlen'] / r['grouped']:.2f}x")
 
     if args.no_few_shot:
         return
@@ -168,7 +167,7 @@ def main() -> None:
     r3 = compare(backend, Labeler(backend, LabelConfig(few_shot=True), tpl3, None), pairs, args.few_shot_naive_pairs)
     print(f"\nwith {len(tpl3.exemplars)} few-shot exemplars: tokens per pair {r3['per_pair']:.0f} (aifeedback) vs {r3['naive_per_pair']:.0f} (naive); token-ratio bound {r3['bound']:.2f}x")
     print_table(r3)
-    print(f"max |p_packed - p_naive|: {r3['diff_naive']:.2e}; max |p_packed - p_grouped|: {r3['diff_grouped']:.2e}; max |p_packed - p_varlen|: {r3['diff_varlen']:.2e}")
+    print(f"max |p_varlen - p_naive|: {r3['diff_naive']:.2e}; max |p_varlen - p_grouped|: {r3['diff_grouped']:.2e}")
     best3 = max(r3[k] for k in STRATEGIES) / r3["naive"]
     print(f"target: >= 5x naive with 3 exemplars: {best3:.2f}x ({'met' if best3 >= 5 else 'NOT met'}; {best3 / r3['bound']:.0%} of the {r3['bound']:.2f}x token-ratio bound)")
 

@@ -2,7 +2,7 @@
 # The loop measurement of docs/loop.md: RM-labelled loop (K iterations), then the LLM-labelled control
 # (CONTROL_K iterations, same sizes), one report. Needs the two reward models of bench/rm_loop_models.py
 # (RMS=runs/loop-rms by default).
-# Usage: bash bench/loop_measurement.sh [extra --set overrides for both loops]
+# Usage: bash bench/loop_measurement.sh [extra --set overrides for both loops, e.g. --set dpo.beta=0.2 --set dpo.lr=1e-5]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 RMS=${RMS:-runs/loop-rms}

@@ -20,7 +20,7 @@ UNKNOWN = (
     "from aifeedback.errors import ModelNotFound\nfrom aifeedback.models import resolve\n"
     "try:\n    resolve('some-org/not-a-cached-model')\nexcept ModelNotFound:\n    print(time.perf_counter()-t)\n"
 )
-CHILD = "import time; t=time.perf_counter(); from aifeedback.backends.hf_local import load_causal_lm; load_causal_lm('embedded/smollm2-135m-instruct'); print(time.perf_counter()-t)"
+CHILD = "import time; t=time.perf_counter(); from aifeedback.backends.transformers import load_causal_lm; load_causal_lm('embedded/smollm2-135m-instruct'); print(time.perf_counter()-t)"
 
 
 def load_once(env, code: str = CHILD) -> tuple[float, float]:

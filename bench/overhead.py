@@ -41,7 +41,7 @@ def main() -> None:
     src = tmp / "pairs.jsonl"
     src.write_text("".join(json.dumps({"pair_id": p["pair_id"], "prompt": p["messages"], "response_a": p["response_a"], "response_b": p["response_b"]}) + "\n" for p in pairs))
 
-    from flows.label import label_flow
+    from flows.label import run_label
     from prefect import flow
 
     @flow(name="warm-up")
@@ -56,7 +56,7 @@ def main() -> None:
     startup = time.perf_counter() - t
     overrides = {"input": str(src), "batch_size": args.batch_size, "max_response_tokens": args.max_response_tokens, "max_context_tokens": args.max_context_tokens}
     t0 = time.perf_counter()
-    s = label_flow(run_dir=str(tmp / "run"), overrides=overrides)
+    s = run_label(run_dir=str(tmp / "run"), overrides=overrides)
     wall = time.perf_counter() - t0
     from aifeedback.store import RunStore
 

@@ -26,9 +26,9 @@ from test_reliability import FaultProxy, _pairs_file  # noqa: E402
 
 
 def label(src: Path, run: Path, port: int, backend: dict) -> tuple[dict, float]:
-    from flows.label import label_flow
+    from flows.label import run_label
 
-    s = label_flow(run_dir=str(run), overrides={"input": str(src), "batch_size": 64, "backend": {"kind": "openai", "model": "smollm2", "base_url": f"http://127.0.0.1:{port}/v1", **backend}})
+    s = run_label(run_dir=str(run), overrides={"input": str(src), "batch_size": 64, "backend": {"kind": "openai", "model": "smollm2", "base_url": f"http://127.0.0.1:{port}/v1", **backend}})
     return s, s["seconds"]  # the stage's own wall time: Prefect's start-up (first flow of the process) left out
 
 

@@ -66,13 +66,13 @@ def run_one(n: int, batch_size: int, workdir: Path, runner: str = "sequential", 
             samples.append((time.perf_counter(), proc.memory_info().rss))
             stop.wait(0.25)
 
-    from flows.label import label_flow
+    from flows.label import run_label
 
     th = threading.Thread(target=sample, daemon=True)
     base_rss = proc.memory_info().rss
     th.start()
     t0 = time.perf_counter()
-    s = label_flow(
+    s = run_label(
         run_dir=str(workdir / f"run-{n}"),
         overrides={"input": str(src), "batch_size": batch_size, "backend": {"kind": "instant_backend:InstantBackend", "model": "arith"}},
         runner=runner,

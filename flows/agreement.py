@@ -5,8 +5,6 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from prefect import flow
-
 from aifeedback.errors import InputError
 from labelers.agreement import evaluate, human_ceiling, judge_from_file, judge_from_run
 from labelers.human_data import load_human
@@ -20,8 +18,7 @@ def _split(spec: str) -> tuple[str, str]:
     return name.strip(), path.strip()
 
 
-@flow(name="agreement", log_prints=True)
-def agreement_flow(
+def run_agreement(
     human: str,
     human_format: str = "pandalm",
     runs: list[str] | None = None,

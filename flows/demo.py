@@ -11,13 +11,11 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from prefect import flow
-
-from .agreement import agreement_flow
+from .agreement import run_agreement
 from .export import export_run
-from .generate import REPO, generate_flow
-from .label import label_flow
-from .revise import revise_flow
+from .generate import REPO, run_generate
+from .label import run_label
+from .revise import run_revise
 
 GOLD = REPO / "data" / "gold" / "pandalm"
 GOLD_ITEMS = GOLD / "testset-slice.json"
@@ -38,21 +36,20 @@ def gold_pairs(dest: Path) -> Path:
     return dest
 
 
-@flow(name="demo", log_prints=True)
-def demo_flow(run_dir: str = "runs/demo", n_prompts: int = 4) -> dict:
+def run_demo(run_dir: str = "runs/demo", n_prompts: int = 4) -> dict:
     """generate -> critique/revise -> label both orders -> agreement on the gold slice -> export -> viewer. Returns where each output is."""
     from labelers.viewer import write_viewer
 
     root = Path(run_dir).resolve()
-    gen = generate_flow(
+    gen = run_generate(
         run_dir=str(root),
         overrides={"limit": n_prompts, "sampling": {"n": 2, "max_new_tokens": 40, "temperature": 0.8}, "batch_size": 16},
     )
-    rev = revise_flow(run_dir=str(root), overrides={"rounds": 1, "sampling": {"max_new_tokens": 40}, "batch_size": 16})
-    lab = label_flow(run_dir=str(root), overrides={"batch_size": 64})
+    rev = run_revise(run_dir=str(root), overrides={"rounds": 1, "sampling": {"max_new_tokens": 40}, "batch_size": 16})
+    lab = run_label(run_dir=str(root), overrides={"batch_size": 64})
     gold_run = root / "gold"
-    gold_lab = label_flow(run_dir=str(gold_run), overrides={"input": str(gold_pairs(gold_run / "pairs.jsonl")), "batch_size": 64})
-    agr = agreement_flow(
+    gold_lab = run_label(run_dir=str(gold_run), overrides={"input": str(gold_pairs(gold_run / "pairs.jsonl")), "batch_size": 64})
+    agr = run_agreement(
         human=str(GOLD_ITEMS),
         human_format="pandalm",
         runs=[f"{LABELER_NAME}={gold_run}"],

@@ -21,7 +21,8 @@ from typing import Any
 from aifeedback.backends.base import BackendStats, Capabilities, ChatTokenizer, ChoiceResult, Completion, GenerationResult
 from aifeedback.config import BackendConfig, GenerateConfig, LabelConfig, ReviseConfig, SamplingConfig, build_config
 from aifeedback.errors import ConfigError
-from aifeedback.stage import Excluded, _prefix, backend_override, item_key
+from aifeedback.batches import Excluded, item_key, key_prefix
+from aifeedback.stage import backend_override
 from aifeedback.store import RunStore
 from aifeedback.usage import cost
 
@@ -101,15 +102,17 @@ class CountingBackend:
         pass
 
 
-def _stage(stage: str, run_dir: str, config_path: str | None, overrides: dict | None):
-    """The stage's config, job and input items, as its flow builds them."""
+def _stage(stage: str, run_dir: str, config_path: str | None, overrides: dict | None, labeler: str | None = None):
+    """The stage's config, job and input items, as its command builds them."""
     store = RunStore(run_dir, probe=False)
     if stage == "label":
-        from labelers.job import LabelJob, iter_pairs, pairs_from_responses
+        from labelers.stage import build_label_stage
 
+        if labeler not in (None, "llm"):
+            raise ConfigError(f"estimate counts what an LLM judge is sent; a reward model labeler ({labeler}) sends no requests and costs no tokens")
         cfg = build_config(LabelConfig, config_path, overrides)
-        items = iter_pairs(cfg) if cfg.input else pairs_from_responses(store, cfg.limit)
-        return cfg, LabelJob(cfg), items
+        built = build_label_stage(store, cfg)
+        return cfg, built.job, built.items
     if stage == "generate":
         from aifeedback.generation import GenerateJob, load_prompts
 
@@ -127,9 +130,9 @@ def _stage(stage: str, run_dir: str, config_path: str | None, overrides: dict | 
     raise ConfigError(f"unknown stage {stage!r}; estimate label, generate or revise")
 
 
-def estimate(stage: str, run_dir: str = "runs/default", config_path: str | None = None, overrides: dict | None = None, tokenizer: str | None = None) -> dict:
+def estimate(stage: str, run_dir: str = "runs/default", config_path: str | None = None, overrides: dict | None = None, tokenizer: str | None = None, labeler: str | None = None) -> dict:
     """Tokens, cost and time a stage would take, with no model call."""
-    cfg, job, items = _stage(stage, run_dir, config_path, overrides)
+    cfg, job, items = _stage(stage, run_dir, config_path, overrides, labeler)
     bcfg = cfg.backend
     if tokenizer is None and bcfg.kind == "transformers":
         tokenizer = bcfg.model  # the model's own tokenizer: exact
@@ -137,7 +140,7 @@ def estimate(stage: str, run_dir: str = "runs/default", config_path: str | None 
     counting = CountingBackend(bcfg, counter)
     store_dir = Path(run_dir) / job.stage
     index = RunStore(run_dir, probe=False).item_index(job.stage)[0] if store_dir.is_dir() else {}
-    prefix = _prefix(job)
+    prefix = key_prefix(job)
     todo: list[Any] = []
     n_in = n_reused = n_input_excluded = 0
     for it in items:

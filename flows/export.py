@@ -13,7 +13,7 @@ fails the folder stays, and the error says where. The Hub token is read by
 huggingface_hub (``HF_TOKEN`` or ``hf auth login``) and never written anywhere.
 
 The export is seconds of file work, so the CLI calls ``export_run`` directly;
-``export_flow`` wraps it for Prefect deployments.
+``run_export`` wraps it for Prefect deployments.
 """
 
 from __future__ import annotations
@@ -24,13 +24,10 @@ import os
 import re
 import shutil
 import tempfile
-from dataclasses import asdict
 from datetime import UTC, datetime
 from pathlib import Path
 
-from prefect import flow
-
-from aifeedback.usage import totals as usage_totals
+from aifeedback.config import build_config
 from aifeedback.errors import AIFeedbackError
 from aifeedback.export import (
     SPLITS,
@@ -40,6 +37,7 @@ from aifeedback.export import (
     render_card,
 )
 from aifeedback.provenance import git_commit, library_versions
+from aifeedback.usage import totals as usage_totals
 
 
 class ExportError(AIFeedbackError):
@@ -150,7 +148,7 @@ def collect_provenance(root: Path, manifests: dict, opts: ExportOptions, tables:
         "run": root.name,
         "export_git_commit": git_commit(),
         "export_versions": library_versions(),
-        "options": asdict(opts),
+        "options": opts.model_dump(),
         "split": {"by": "prompt (content hash of its messages), shared by every config", "test_size": opts.test_size, "seed": opts.seed, "prompts": tables.n_prompts},
         "rows": {name: {s: t.num_rows for s, t in splits.items()} for name, splits in tables.tables.items()},
         "counts": tables.counts,
@@ -253,7 +251,7 @@ def export_run(
     **options,
 ) -> dict:
     """Export a run (see the module docstring); ``options`` are ``ExportOptions`` fields. Returns a summary."""
-    opts = ExportOptions(**options)
+    opts = build_config(ExportOptions, overrides=options)
     root = Path(run_dir).expanduser().resolve()
     if not root.is_dir():
         raise ExportError(f"no run directory at {root}; pass --run-dir with a run made by `aifeedback generate`, `revise` and `label`")
@@ -273,7 +271,7 @@ def export_run(
     tables = build_tables(labels, revisions, opts)
     tables.notes[:0] = stage_notes
     if not tables.tables:
-        raise ExportError(f"nothing left to export from {root}: {'; '.join(tables.notes)}; loosen --min-confidence / --consistent-only")
+        raise ExportError(f"nothing left to export from {root}: {'; '.join(tables.notes)}; loosen the min_confidence / consistency options")
     prov = collect_provenance(root, manifests, opts, tables, report)
     dest = Path(to_dir).expanduser().resolve() if to_dir else root / "export"
     write_layout(dest, tables.tables, render_card(prov, {n: {s: data_path(n, s) for s in splits} for n, splits in tables.tables.items()}, repo_id), prov)
@@ -290,7 +288,6 @@ def export_run(
     return summary
 
 
-@flow(name="export", log_prints=True)
-def export_flow(run_dir: str, to_dir: str | None = None, repo_id: str | None = None, private: bool = False, report: str | None = None, options: dict | None = None) -> dict:
+def run_export(run_dir: str, to_dir: str | None = None, repo_id: str | None = None, private: bool = False, report: str | None = None, options: dict | None = None) -> dict:
     """Export a run to the Hub layout (and push it with ``repo_id``); ``options`` are ``ExportOptions`` fields."""
     return export_run(run_dir, to_dir, repo_id, private, report, **(options or {}))

@@ -4,13 +4,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from prefect import flow
-
 from aifeedback.config import GenerateConfig, build_config
 from aifeedback.generation import GenerateJob, load_prompts
 from aifeedback.store import RunStore
 
-from .common import execute_stage
+from aifeedback.stage import execute_stage
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_PROMPTS = REPO / "data" / "prompts" / "prompts.jsonl"
@@ -20,8 +18,7 @@ def default_input(cfg: GenerateConfig) -> str:
     return cfg.input or str(DEFAULT_PROMPTS)
 
 
-@flow(name="generate", log_prints=True)
-def generate_flow(run_dir: str = "runs/default", config_path: str | None = None, overrides: dict | None = None, max_batches: int | None = None) -> dict:
+def run_generate(run_dir: str = "runs/default", config_path: str | None = None, overrides: dict | None = None, max_batches: int | None = None) -> dict:
     """Generate ``sampling.n`` responses for every prompt; re-runs compute only missing batches."""
     cfg = build_config(GenerateConfig, config_path, overrides)
     store = RunStore(run_dir)

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from prefect import flow
-
 from aifeedback.config import LabelConfig, build_config
 from aifeedback.errors import InputError
 from aifeedback.store import RunStore
@@ -15,12 +13,11 @@ from labelers.import_labels import (
     read_verdicts,
 )
 from labelers.job import load_pairs, pairs_from_responses
+from labelers.stage import LabelStage
 
-from .common import execute_stage
 
 
-@flow(name="import-labels", log_prints=True)
-def import_labels_flow(
+def run_import_labels(
     run_dir: str,
     verdicts: str,
     judge: str,
@@ -45,7 +42,7 @@ def import_labels_flow(
     overlap = {"verdicts_matched": matched, "verdicts_matching_no_pair": len(table) - matched}
     job = ImportJob(judge, verdicts, file_digest(verdicts), counts["column"], tie_margin=cfg.tie_margin, extra={"verdict_counts": counts, **overlap})
     store.write_json("configs/import_labels.json", {"verdicts": verdicts, "judge": judge, **counts, "label_config": cfg.model_dump(mode="json")})
-    summary = execute_stage(store, job, join_pairs(pairs, table, verdicts), cfg.batch_size, input_excluded=excluded, extra_manifest={"derive": job.derivation(), **job.manifest_info()})
+    summary = LabelStage(job, join_pairs(pairs, table, verdicts), cfg.batch_size, excluded).run(store)
     summary.update({"judge": judge, "verdicts_in_file": counts["rows"], **overlap, "verdicts_unreadable": counts["unreadable"], "duplicate_verdict_ids": counts["duplicate_ids"]})
     print(f"import-labels: {summary['n_in']} pairs in = {summary['n_out']} labelled + {summary['n_excluded']} excluded (no verdict or bad row); {overlap['verdicts_matching_no_pair']} verdicts matched no pair, {counts['unreadable']} unreadable")
     return summary

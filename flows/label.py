@@ -2,20 +2,15 @@
 
 from __future__ import annotations
 
-import os
-
-from prefect import flow
-
 from aifeedback.config import LabelConfig, build_config
 from aifeedback.store import RunStore
-from labelers.job import LabelJob, iter_pairs, pairs_from_responses
+from labelers.stage import build_label_stage
 from labelers.views import rankings
 
-from .common import execute_stage, make_task_runner
+from .common import submitter
 
 
-@flow(name="label", log_prints=True)
-def label_flow(
+def run_label(
     run_dir: str = "runs/default",
     config_path: str | None = None,
     overrides: dict | None = None,
@@ -36,25 +31,11 @@ def label_flow(
     """
     cfg = build_config(LabelConfig, config_path, overrides)
     store = RunStore(run_dir)
-    if labeler and labeler != "llm":
-        from labelers.rm_labeler import rm_label_job
-
-        job = rm_label_job(labeler, cfg, gold)
-        print(f"reward model labeler {job.model_id()}, temperature {job.temperature:.4g}" + (f" (fitted on {gold})" if gold else ""))
-    else:
-        job = LabelJob(cfg)
-    pairs = iter_pairs(cfg) if cfg.input else pairs_from_responses(store, cfg.limit)
+    stage = build_label_stage(store, cfg, labeler, gold)
+    if labeler not in (None, "llm"):
+        print(f"reward model labeler {stage.job.model_id()}, temperature {stage.job.derivation().temperature:.4g}" + (f" (fitted on {gold})" if gold else ""))
     store.write_json("configs/label.json", cfg.model_dump(mode="json"))
-    summary = execute_stage(
-        store,
-        job,
-        pairs,
-        cfg.batch_size,
-        max_batches=max_batches,
-        task_runner=make_task_runner(runner, workers, ray_address),
-        max_in_flight=2 * (workers or os.cpu_count() or 1),
-        extra_manifest={"derive": job.derivation(), **job.manifest_info()} if hasattr(job, "manifest_info") else {"derive": job.derivation(), "template": job.template.model_dump(), "constitution_id": job.constitution.id if job.constitution else None, "constitution_version": job.constitution_version},
-    )
+    summary = stage.run(store, max_batches=max_batches, submitter=submitter(runner, workers, ray_address))
     ranks_path = store.root / "labels_rankings.parquet"
     if summary["complete"]:
         ranks = rankings(store.read_table("labels").to_pylist()) if not cfg.input else []  # listwise: only pairs built from this run's responses

@@ -1,4 +1,4 @@
-"""`aifeedback loop`: K iterations of online RLAIF as one Prefect flow (stages in trainers/loop.py).
+"""`aifeedback loop`: K iterations of online RLAIF (stages in trainers/loop/stages.py).
 
 Each iteration: the current policy samples n responses per training prompt; the labeler
 (an LLM judge on any backend, or a reward model) labels every pair; TRL's DPO (or GRPO
@@ -12,31 +12,26 @@ from __future__ import annotations
 import warnings
 from pathlib import Path
 
-from prefect import flow, task
-from prefect.cache_policies import NO_CACHE
-
 from aifeedback.config import build_config
-from trainers import loop as L
-from trainers.loop_config import LoopConfig
-from trainers.loop_report import write_report
+from trainers.loop import stages as S
+from trainers.loop.config import LoopConfig, check_inputs
+from trainers.loop.report import write_report
+from trainers.loop.rundir import STAGES, check_run_config, run_stage
+from trainers.loop.sampling import load_loop_prompts
 
-from .common import execute_stage
 
-
-@task(name="loop-stage", cache_policy=NO_CACHE, task_run_name="iter{k}-{stage}")
 def loop_stage(run_dir: str, k: int, stage: str, cfg: LoopConfig, train: list, held: list) -> dict:
     run = Path(run_dir)
     fns = {
-        "sample": lambda: L.stage_sample(run, cfg, k, train),
-        "label": lambda: L.stage_label(run, cfg, k, execute_stage),
-        "train": lambda: L.stage_train(run, cfg, k, train),
-        "eval": lambda: L.stage_eval(run, cfg, k, held),
+        "sample": lambda: S.stage_sample(run, cfg, k, train),
+        "label": lambda: S.stage_label(run, cfg, k),
+        "train": lambda: S.stage_train(run, cfg, k, train),
+        "eval": lambda: S.stage_eval(run, cfg, k, held),
     }
-    return L.run_stage(run, k, stage, fns[stage])
+    return run_stage(run, k, stage, fns[stage])
 
 
-@flow(name="loop", log_prints=True)
-def loop_flow(run_dir: str = "runs/loop", config_path: str | None = None, overrides: dict | None = None, compare: dict | None = None) -> dict:
+def run_loop(run_dir: str = "runs/loop", config_path: str | None = None, overrides: dict | None = None, compare: dict | None = None) -> dict:
     """Run (or resume) the loop in ``run_dir``; writes report.html and report.json there.
 
     ``compare``: other loop runs (name -> run dir) shown side by side in the report, e.g. the LLM-labelled control.
@@ -45,16 +40,16 @@ def loop_flow(run_dir: str = "runs/loop", config_path: str | None = None, overri
     run = Path(run_dir)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # printed below, once
-        notes = L.check_inputs(cfg)
+        notes = check_inputs(cfg)
     for n in notes:
         print(f"warning: {n}")
-    train, held = L.load_loop_prompts(cfg)
+    train, held = load_loop_prompts(cfg)
     run.mkdir(parents=True, exist_ok=True)
-    L.check_run_config(run, cfg)
+    check_run_config(run, cfg)
     if cfg.method == "grpo":
         stages = ("train", "eval")
     else:
-        stages = L.STAGES
+        stages = STAGES
     summary = {"run_dir": str(run), "warnings": notes, "iterations": []}
     for k in range(1, cfg.iterations + 1):
         it = {"iteration": k}

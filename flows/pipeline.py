@@ -10,15 +10,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from prefect import flow
-
-from .generate import generate_flow
-from .label import label_flow
-from .revise import revise_flow
+from .generate import run_generate
+from .label import run_label
+from .revise import run_revise
 
 
-@flow(name="pipeline", log_prints=True)
-def pipeline_flow(
+def run_pipeline(
     run_dir: str = "runs/pipeline",
     generate_config: str | None = None,
     generate: dict | None = None,
@@ -30,8 +27,8 @@ def pipeline_flow(
 ) -> dict:
     """generate -> revise (unless skipped) -> label. Returns each stage's counts and where its outputs are."""
     root = str(Path(run_dir).resolve())
-    out = {"run_dir": root, "generate": generate_flow(run_dir=root, config_path=generate_config, overrides=generate)}
+    out = {"run_dir": root, "generate": run_generate(run_dir=root, config_path=generate_config, overrides=generate)}
     if not skip_revise:
-        out["revise"] = revise_flow(run_dir=root, config_path=revise_config, overrides=revise)
-    out["label"] = label_flow(run_dir=root, config_path=label_config, overrides=label)
+        out["revise"] = run_revise(run_dir=root, config_path=revise_config, overrides=revise)
+    out["label"] = run_label(run_dir=root, config_path=label_config, overrides=label)
     return {k: ({kk: v[kk] for kk in ("n_in", "n_out", "n_excluded", "model_calls") if kk in v} if isinstance(v, dict) else v) for k, v in out.items()}

@@ -3,17 +3,14 @@
 from __future__ import annotations
 
 import pyarrow as pa
-from prefect import flow
-
 from aifeedback.config import ReviseConfig, build_config
 from aifeedback.revision import ReviseJob, revision_pairs, sft_rows
 from aifeedback.store import RunStore
 
-from .common import execute_stage
+from aifeedback.stage import execute_stage
 
 
-@flow(name="revise", log_prints=True)
-def revise_flow(run_dir: str = "runs/default", config_path: str | None = None, overrides: dict | None = None, max_batches: int | None = None) -> dict:
+def run_revise(run_dir: str = "runs/default", config_path: str | None = None, overrides: dict | None = None, max_batches: int | None = None) -> dict:
     """K critique->revise rounds per response; writes the chains, an SFT set and revision preference pairs."""
     cfg = build_config(ReviseConfig, config_path, overrides)
     store = RunStore(run_dir)

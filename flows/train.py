@@ -8,8 +8,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from prefect import flow
-
 from aifeedback.config import build_config
 from aifeedback.errors import InputError
 from aifeedback.provenance import git_commit, library_versions
@@ -20,8 +18,7 @@ from trainers.reward_config import RewardConfig
 from trainers.reward_trainer import RewardTrainer, select_pairs
 
 
-@flow(name="train-rm", log_prints=True)
-def train_rm_flow(run_dir: str, out_dir: str, config_path: str | None = None, overrides: dict | None = None, human: str | None = None, human_format: str = "hh", human_seed: int = 0) -> dict:
+def run_train_rm(run_dir: str, out_dir: str, config_path: str | None = None, overrides: dict | None = None, human: str | None = None, human_format: str = "hh", human_seed: int = 0) -> dict:
     """Train a reward model on a run's AI labels; evaluate on held-out human labels when given."""
     cfg = build_config(RewardConfig, config_path, overrides)
     store = RunStore(run_dir)
@@ -30,7 +27,7 @@ def train_rm_flow(run_dir: str, out_dir: str, config_path: str | None = None, ov
     train, held = split_with_humans(rows, humans, cfg.eval_fraction if humans else 0.0, cfg.seed)
     kept, dropped = select_pairs(train, cfg)
     if not kept:
-        raise InputError(f"no training pairs in {store.root} after filtering {len(train)} ({dropped}); lower min_confidence, drop exclude_inconsistent, or label more pairs")
+        raise InputError(f"no training pairs in {store.root} after filtering {len(train)} ({dropped}); lower min_confidence, set consistency=any, or label more pairs")
     trainer = RewardTrainer(cfg)
     res = trainer.train(train, held)
     manifest = store.manifest("labels")
@@ -40,8 +37,7 @@ def train_rm_flow(run_dir: str, out_dir: str, config_path: str | None = None, ov
     return summary
 
 
-@flow(name="train-rl", log_prints=True)
-def train_rl_flow(out_dir: str, prompts_file: str | None = None, config_path: str | None = None, overrides: dict | None = None, limit: int = 8) -> dict:
+def run_train_rl(out_dir: str, prompts_file: str | None = None, config_path: str | None = None, overrides: dict | None = None, limit: int = 8) -> dict:
     """GRPO on the policy with a KL penalty; reward from a reward model (rm) or the labeler's score (direct)."""
     import json
 
@@ -61,8 +57,7 @@ def train_rl_flow(out_dir: str, prompts_file: str | None = None, config_path: st
     return {"model": out_dir, **out}
 
 
-@flow(name="train-dpo", log_prints=True)
-def train_dpo_flow(out_dir: str, run_dir: str | None = None, preferences: str | None = None, config_path: str | None = None, overrides: dict | None = None) -> dict:
+def run_train_dpo(out_dir: str, run_dir: str | None = None, preferences: str | None = None, config_path: str | None = None, overrides: dict | None = None) -> dict:
     """DPO through TRL on AI-labelled pairs (a run's labels) or a TRL-column preference file."""
     import json
 

@@ -22,7 +22,8 @@ from pathlib import Path
 
 from aifeedback.errors import InputError
 from aifeedback.records import LABEL_OUTPUTS, exclusion, split_labelable
-from aifeedback.stage import Excluded
+from aifeedback.batches import Excluded
+from aifeedback.preference import Derivation
 
 from .human_data import normalise_verdict
 
@@ -139,8 +140,8 @@ class ImportJob:
     def key_config(self) -> dict:
         return {"labeler": "imported", "judge": self.judge, "file_digest": self.digest, "column": self.column}
 
-    def derivation(self) -> dict:
-        return {"tie_margin": self.tie_margin, "temperature": 1.0, "cot": False, "cot_clamp": None}
+    def derivation(self) -> Derivation:
+        return Derivation(tie_margin=self.tie_margin)
 
     def model_id(self) -> str:
         return self.judge

@@ -13,8 +13,10 @@ from aifeedback.config import LabelConfig
 from aifeedback.constitution import Constitution, load_constitution
 from aifeedback.errors import InputError
 from aifeedback.io import iter_rows, to_messages
+from aifeedback.preference import Derivation
 from aifeedback.records import LABEL_OUTPUTS, exclusion, stable_id
-from aifeedback.stage import Excluded, cached_backend
+from aifeedback.batches import Excluded
+from aifeedback.stage import cached_backend
 from aifeedback.store import RunStore
 
 from .labeler import Labeler
@@ -125,9 +127,13 @@ class LabelJob:
             "constitution_version": self.constitution_version,
         }
 
-    def derivation(self) -> dict:
+    def derivation(self) -> Derivation:
         """The settings readers apply to the stored outputs (written to the manifest)."""
-        return {"tie_margin": self.cfg.tie_margin, "temperature": self.cfg.temperature, "cot": self.cfg.cot, "cot_clamp": self.cfg.cot_clamp}
+        return Derivation.from_config(self.cfg)
+
+    def manifest_info(self) -> dict:
+        """The judge's prompt template and constitution, in full, for the manifest and the export card."""
+        return {"labeler": "llm", "template": self.template.model_dump(), "constitution_id": self.constitution.id if self.constitution else None, "constitution_version": self.constitution_version}
 
     def model_id(self) -> str:
         return self.cfg.backend.model

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from aifeedback.errors import InputError
+from aifeedback.preference import Derivation
 from aifeedback.records import LABEL_OUTPUTS, stable_id
 
 PROB_SOURCE = "reward_model:position_free"
@@ -163,8 +164,8 @@ class RMLabelJob:
     def key_config(self) -> dict:
         return {"labeler": "reward_model", "model_dir": str(Path(self.model_dir).resolve()), "weights": self._version, "max_length": self.max_length}
 
-    def derivation(self) -> dict:
-        return {"tie_margin": self.tie_margin, "temperature": self.temperature, "cot": False, "cot_clamp": None}
+    def derivation(self) -> Derivation:
+        return Derivation(tie_margin=self.tie_margin, temperature=self.temperature)
 
     def model_id(self) -> str:
         return f"rm:{Path(self.model_dir).resolve()}"

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from aifeedback.preference import trl_pair
+from aifeedback.preference import Consistency, select, trl_pair
 
 from .scores import bradley_terry, normalised_reward
 
@@ -29,20 +29,28 @@ def rankings(label_rows: list[dict]) -> list[dict]:
     return out
 
 
-def binary_view(label_rows: list[dict], threshold: float = 0.0, min_confidence: float = 0.0) -> list[dict]:
+def _rated(r: dict) -> bool:
+    return r.get("score_a") is not None and r.get("score_b") is not None
+
+
+def binary_view(label_rows: list[dict], threshold: float = 0.0, min_confidence: float = 0.0, consistency: Consistency = "any") -> list[dict]:
     """KTO-style rows (prompt, completion, label: bool).
 
     Pointwise rows: each response is good when its normalised reward (in [-1, 1]) is at least ``threshold``.
-    Pairwise rows: the preferred response is good and the other bad, when the confidence is at least ``min_confidence``.
+    Pairwise rows: the preferred response is good and the other bad, for the decided pairs that
+    aifeedback.preference.select keeps with ``min_confidence`` and ``consistency``.
     """
+    decided = [r for r in label_rows if not _rated(r) and trl_pair(r) is not None]
+    kept = {id(r) for r in select(decided, min_confidence, consistency)[0]}
     out = []
     for r in label_rows:
         base = {"prompt": r["messages"], "pair_id": r["pair_id"], "labeler_model": r["labeler_model"], "template_version": r["template_version"]}
-        if r.get("score_a") is not None and r.get("score_b") is not None:
+        if _rated(r):
             for side in ("a", "b"):
                 reward = normalised_reward(r[f"score_{side}"])
                 out.append({**base, "completion": [{"role": "assistant", "content": r[f"response_{side}"]}], "label": reward >= threshold, "reward": reward})
-        elif (pair := trl_pair(r)) is not None and r["confidence"] >= min_confidence:
+        elif id(r) in kept:
+            pair = trl_pair(r)
             out.append({**base, "completion": pair["chosen"], "label": True, "reward": None})
             out.append({**base, "completion": pair["rejected"], "label": False, "reward": None})
     return out

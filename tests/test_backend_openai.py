@@ -91,7 +91,7 @@ def test_label_flow_through_real_server(llama_server, tmp_path):
     """Both-order labelling end to end over HTTP: every pair labelled or excluded, orders adjacent for the prefix cache."""
     import json
 
-    from flows.label import label_flow
+    from flows.label import run_label
     from aifeedback.store import RunStore
 
     pairs = tmp_path / "pairs.jsonl"
@@ -105,7 +105,7 @@ def test_label_flow_through_real_server(llama_server, tmp_path):
             ]
         )
     )
-    s = label_flow(run_dir=str(tmp_path / "run"), overrides={"input": str(pairs), "backend": {"kind": "openai", "model": "smollm2", "base_url": llama_server.base_url, "max_concurrency": 2}})
+    s = run_label(run_dir=str(tmp_path / "run"), overrides={"input": str(pairs), "backend": {"kind": "openai", "model": "smollm2", "base_url": llama_server.base_url, "max_concurrency": 2}})
     assert s["n_in"] == 3 == s["n_out"] + s["n_excluded"] and s["n_out"] == 2
     rows = RunStore(tmp_path / "run").read_table("labels").to_pylist()
     assert all(r["backend"] == "openai" and r["prob_source"] in ("logprobs", "parsed") and 0 <= r["p_a"] <= 1 for r in rows)

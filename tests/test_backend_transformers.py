@@ -63,14 +63,17 @@ def test_choice_probs_finite_and_normalised(embedded_backend):
 
 def test_prefix_reuse_matches_unshared_scoring(embedded_backend):
     """The two-level prefix tree must give the same log-probs as scoring each prompt alone."""
+    from aifeedback.backends.transformers.prefix_plan import prefix_plan
+    from aifeedback.backends.transformers.scoring import score_single
+
     prompts = _pair_prompts()
     shared = embedded_backend.choice_probs(prompts, ["1", "2"])
     variants = embedded_backend.candidate_variants(["1", "2"])
     seqs = [embedded_backend.encode(embedded_backend.render(p.messages) + p.answer_prefix) for p in prompts]
-    p0, groups = embedded_backend.prefix_plan(seqs)
+    p0, groups = prefix_plan(seqs)
     assert p0 > 20 and len(groups) == 2, "both orders of a pair should share their context"
     for s, r in zip(seqs, shared):
-        alone = embedded_backend._score_sequences_single(s, variants)[0]
+        alone = score_single(embedded_backend, s, variants)[0]
         assert all(abs(a - b) < 2e-3 for a, b in zip(alone, r.logprobs))
 
 
@@ -93,14 +96,15 @@ def test_reserved_cache_layer_matches_concatenation():
     past the reservation, a crop, and a batch reorder (which the buffers must not hide)."""
     import torch
 
-    from aifeedback.backends.hf_local import _crop_cache, _reindex_cache, _reserved_layer
+    from aifeedback.backends.transformers.decoding import reserved_layer
+    from aifeedback.backends.transformers.scoring import crop_cache, reindex_cache
 
-    class Holder:  # what _crop_cache / _reindex_cache walk
+    class Holder:  # what crop_cache / reindex_cache walk
         def __init__(self, layer):
             self.layers = [layer]
 
     g = torch.Generator().manual_seed(0)
-    layer = _reserved_layer(3)
+    layer = reserved_layer(3)
     ref_k = ref_v = None
     for t in (2, 1, 3):  # 2 + 1 fills the reservation; 3 more must grow it
         k, v = torch.randn(2, 3, t, 4, generator=g), torch.randn(2, 3, t, 4, generator=g)
@@ -109,12 +113,12 @@ def test_reserved_cache_layer_matches_concatenation():
         ref_v = v if ref_v is None else torch.cat([ref_v, v], dim=-2)
         assert torch.equal(got_k, ref_k) and torch.equal(got_v, ref_v)
     assert layer.get_seq_length() == 6
-    _crop_cache(Holder(layer), 4)
+    crop_cache(Holder(layer), 4)
     k, v = torch.randn(2, 3, 1, 4, generator=g), torch.randn(2, 3, 1, 4, generator=g)
     got_k, _ = layer.update(k, v)
     assert torch.equal(got_k, torch.cat([ref_k[:, :, :4], k], dim=-2))
     ref_k = got_k.clone()
-    _reindex_cache(Holder(layer), torch.tensor([1, 0]))  # swap the rows: a new tensor, not a view of the buffers
+    reindex_cache(Holder(layer), torch.tensor([1, 0]))  # swap the rows: a new tensor, not a view of the buffers
     k, v = torch.randn(2, 3, 1, 4, generator=g), torch.randn(2, 3, 1, 4, generator=g)
     got_k, _ = layer.update(k, v)
     assert torch.equal(got_k, torch.cat([ref_k[[1, 0]], k], dim=-2))
@@ -124,7 +128,7 @@ def test_nucleus_draw_of_a_row_does_not_depend_on_its_batch():
     """A seeded row draws the same token alone and beside a flat row that needs the full-vocabulary sort."""
     import torch
 
-    from aifeedback.backends.hf_local import TransformersBackend
+    from aifeedback.backends.transformers.decoding import sample_next
 
     V = 5000
     peaked = torch.full((V,), -10.0)
@@ -135,8 +139,8 @@ def test_nucleus_draw_of_a_row_does_not_depend_on_its_batch():
     for seed in range(40):
         g_alone, g_both = torch.Generator().manual_seed(seed), [torch.Generator().manual_seed(seed), torch.Generator().manual_seed(99)]
         for _step in range(3):  # decoding steps: a wider draw would also leave the generator elsewhere for the next
-            alone = TransformersBackend._sample(peaked[None], params, [g_alone])
-            both = TransformersBackend._sample(torch.stack([peaked, flat]), params, g_both)
+            alone = sample_next(peaked[None], params, [g_alone])
+            both = sample_next(torch.stack([peaked, flat]), params, g_both)
             assert int(alone[0]) == int(both[0])
             assert 0 <= int(both[1]) < V
             drawn.add(int(alone[0]))

@@ -14,9 +14,9 @@ import os
 import pytest
 
 from aifeedback.config import GenerateConfig, LabelConfig, build_config, parse_overrides
-from aifeedback.errors import ConfigError, InputError, ModelNotFound
+from aifeedback.errors import ConfigError, InputError, ModelNotFound, StoreError
 from aifeedback.records import LABELS, exclusion
-from aifeedback.store import RunStore, StoreError
+from aifeedback.store import RunStore
 from labelers.job import load_pairs
 
 GOOD = {"pair_id": "good", "prompt": "What is 2+2?", "response_a": "2+2 is 4.", "response_b": "It is 22."}
@@ -412,7 +412,7 @@ def test_full_disk_mid_flow_then_resume(tmp_path, monkeypatch):
     """Input exclusions only (no model): the second batch hits ENOSPC, the first stays, a re-run completes."""
     import pyarrow.parquet as pq
 
-    from flows.label import label_flow
+    from flows.label import run_label
 
     path = tmp_path / "pairs.jsonl"
     path.write_bytes(b"{bad\n" * 2 + b"[1]\n" * 2)
@@ -427,12 +427,12 @@ def test_full_disk_mid_flow_then_resume(tmp_path, monkeypatch):
 
     monkeypatch.setattr(pq, "write_table", fill_up)
     with pytest.raises(StoreError, match="free disk space or pass --run-dir on another disk"):
-        label_flow(run_dir=str(run), overrides={"input": str(path), "batch_size": 2})
+        run_label(run_dir=str(run), overrides={"input": str(path), "batch_size": 2})
     kept = list((run / "labels").glob("*.excluded.parquet"))
     assert len(kept) == 1
     before = kept[0].stat().st_mtime_ns
     monkeypatch.setattr(pq, "write_table", real)
-    s = label_flow(run_dir=str(run), overrides={"input": str(path), "batch_size": 2})
+    s = run_label(run_dir=str(run), overrides={"input": str(path), "batch_size": 2})
     assert s["complete"] and s["n_in"] == 4 == s["n_out"] + s["n_excluded"] and s["n_excluded"] == 4
     assert kept[0].stat().st_mtime_ns == before  # the finished batch was kept, not rewritten
 
@@ -441,7 +441,7 @@ def test_full_disk_mid_flow_then_resume(tmp_path, monkeypatch):
 
 
 def test_label_flow_accounts_for_every_bad_row(tmp_path):
-    from flows.label import label_flow
+    from flows.label import run_label
 
     rows = [
         jline(GOOD),
@@ -464,7 +464,7 @@ def test_label_flow_accounts_for_every_bad_row(tmp_path):
     path = tmp_path / "pairs.jsonl"
     path.write_bytes(b"".join(rows))
     run = tmp_path / "run"
-    s = label_flow(run_dir=str(run), overrides={"input": str(path), "batch_size": 4, "max_response_tokens": 12, "overlong": "exclude"})
+    s = run_label(run_dir=str(run), overrides={"input": str(path), "batch_size": 4, "max_response_tokens": 12, "overlong": "exclude"})
     assert s["complete"] and s["n_in"] == len(rows) == s["n_out"] + s["n_excluded"]
     store = RunStore(run)
     assert sorted(store.read_table("labels").column("pair_id").to_pylist()) == ["fruit", "good"]

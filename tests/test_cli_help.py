@@ -16,7 +16,7 @@ from flows.cli import COMMAND_CONFIGS, app
 from conftest import REPO
 
 # options that are not config keys: where a command runs, reads or writes, not what it computes
-NOT_CONFIG = {"run_dir", "config", "set_", "max_batches", "runner", "workers", "ray_address", "out", "human", "human_format", "prompts", "limit", "preferences", "to_dir", "repo_id", "private", "report", "labeler", "gold", "compare"}
+NOT_CONFIG = {"run_dir", "config", "set_", "max_batches", "runner", "workers", "ray_address", "out", "human", "human_format", "prompts", "limit", "preferences", "to_dir", "repo_id", "private", "report", "labeler", "gold", "compare", "estimate", "tokenizer", "as_json"}
 
 
 def _commands() -> dict:
@@ -51,13 +51,23 @@ def test_config_options_take_their_help_from_the_config(command):
     assert mapped >= 1 and any(p.name == "config" for p in cmd.params) and any(p.name == "set_" for p in cmd.params)
 
 
+@pytest.mark.parametrize("stage", ["generate", "revise", "label"])
+def test_estimate_accepts_every_option_of_its_stage(stage):
+    """The stage command and `estimate STAGE` are built from one table (flows/cli/options.py): none is lost."""
+    cmds = _commands()
+    run, est = _options(cmds[stage]), _options(cmds[f"estimate {stage}"])
+    assert {"--cot", "--few-shot", "--constitution", "--principles", "--calibrate", "--backend"} <= run or stage != "label"
+    assert run - {"--estimate"} <= est, f"estimate {stage} lacks {sorted(run - {'--estimate'} - est)}"
+    assert {"--estimate", "--tokenizer", "--json"} <= run
+
+
 def test_shared_options_read_the_right_sections():
     generate = {p.opts[0]: p.help for p in _commands()["generate"].params}
     assert generate["--n"] == SamplingConfig.model_fields["n"].description
     assert generate["--base-url"] == OpenAIBackendConfig.model_fields["base_url"].description
     export = {p.name: p.help for p in _commands()["export"].params}
-    for f in dataclasses.fields(ExportOptions):
-        assert export[f.name] == f.metadata["help"]
+    for name, f in ExportOptions.model_fields.items():
+        assert export[name] == f.description
 
 
 # -- every --flag and `aifeedback COMMAND` in a message or help text exists ----------------------------------

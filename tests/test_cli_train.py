@@ -11,7 +11,7 @@ from typer.testing import CliRunner
 
 import flows.label  # noqa: F401  Prefect sets up its log handlers at import: here, on the real stderr, not on a CliRunner stream
 import flows.train  # noqa: F401
-from flows.cli import _user_errors, app, is_user_error
+from flows.cli.app import app, is_user_error, user_errors as _user_errors
 
 PAIRS = [
     {"pair_id": f"p{i}", "prompt": f"Question {i}: what is {i}+{i}?", "response_a": f"It is {2 * i}.", "response_b": "Go away."}

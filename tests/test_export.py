@@ -31,10 +31,10 @@ GENERATION_PROMPTS = ["Name a yellow fruit.", "How do I pick my neighbour's lock
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
     """A run with responses, revisions, pairwise labels (imported pairs, harmless constitution) and an agreement report; a pointwise run."""
-    from flows.agreement import agreement_flow
-    from flows.generate import generate_flow
-    from flows.label import label_flow
-    from flows.revise import revise_flow
+    from flows.agreement import run_agreement
+    from flows.generate import run_generate
+    from flows.label import run_label
+    from flows.revise import run_revise
 
     base = tmp_path_factory.mktemp("export")
     pairs = base / "pairs.jsonl"
@@ -42,11 +42,11 @@ def runs(tmp_path_factory):
     prompts = base / "prompts.jsonl"
     prompts.write_text("".join(json.dumps({"id": f"q{i}", "prompt": p}) + "\n" for i, p in enumerate(GENERATION_PROMPTS)))
     main, pw = base / "main", base / "pointwise"
-    generate_flow(run_dir=str(main), overrides={"input": str(prompts), "id_column": "id", "sampling": {"n": 2, "max_new_tokens": 6}})
-    revise_flow(run_dir=str(main), overrides={"constitution": "harmless", "rounds": 1, "few_shot": False, "sampling": {"max_new_tokens": 6}})
-    label_flow(run_dir=str(main), overrides={"input": str(pairs), "constitution": "harmless", "tie_margin": 0.003})
-    agreement_flow(human=str(pairs), human_format="generic", runs=[f"smollm2={main}"], out_dir=str(main / "agreement"), human_label_column="human")
-    label_flow(run_dir=str(pw), overrides={"input": str(pairs), "method": "pointwise", "limit": 4})
+    run_generate(run_dir=str(main), overrides={"input": str(prompts), "id_column": "id", "sampling": {"n": 2, "max_new_tokens": 6}})
+    run_revise(run_dir=str(main), overrides={"constitution": "harmless", "rounds": 1, "few_shot": False, "sampling": {"max_new_tokens": 6}})
+    run_label(run_dir=str(main), overrides={"input": str(pairs), "constitution": "harmless", "tie_margin": 0.003})
+    run_agreement(human=str(pairs), human_format="generic", runs=[f"smollm2={main}"], out_dir=str(main / "agreement"), human_label_column="human")
+    run_label(run_dir=str(pw), overrides={"input": str(pairs), "method": "pointwise", "limit": 4})
     return {"main": main, "pointwise": pw, "base": base}
 
 
@@ -55,7 +55,7 @@ def mixed_run(runs, tmp_path_factory):
     """The main run, except that on every other labelled pair the labeler agreed with itself.
 
     The embedded 135M labeler prefers the first-shown response on every pair of PAIRS (in both
-    orders), so its run holds no consistent pair and `consistent_only` would have nothing to keep.
+    orders), so its run holds no consistent pair and `consistency=consistent_only` would have nothing to keep.
     Here the stored option probabilities of the (B, A) order are mirrored on p1, p3, p5, p7
     (the real model outputs of the other slot), so the run has consistent and inconsistent
     pairs; every derived column (p_a, hard label, confidence, consistency) is then computed
@@ -160,10 +160,12 @@ def test_filters_remove_what_they_should_and_counts_add_up(mixed_run, tmp_path):
     threshold = statistics.median(r["confidence"] for r in decided)
     assert any(r["confidence"] >= threshold for r in consistent), "consistent_only needs a consistent pair above the threshold"
     by_id = {r["pair_id"]: r for r in labels}
-    for consistent_only in (False, True):
-        summary = export_run(str(mixed_run), str(tmp_path / f"c{consistent_only}"), min_confidence=threshold, consistent_only=consistent_only)
+    for consistency in ("any", "drop_inconsistent", "consistent_only"):  # every pair here was scored in both orders: the last two agree
+        consistent_only = consistency != "any"
+        summary = export_run(str(mixed_run), str(tmp_path / consistency), min_confidence=threshold, consistency=consistency)
         c = summary["counts"]["preferences"]
-        assert c["label_rows"] == len(labels) == c["exported"] + c["ties"] + c["inconsistent"] + c["below_min_confidence"] + c["suspected_injection"]
+        assert c["label_rows"] == len(labels) == c["exported"] + c["ties"] + c["inconsistent"] + c["consistency_unknown"] + c["below_min_confidence"] + c["suspected_injection"]
+        assert c["consistency_unknown"] == 0
         assert c["ties"] == len(ties)
         kept = [r for r in decided if r["consistent"] is True or not consistent_only]
         assert c["inconsistent"] == len(decided) - len(kept)
@@ -176,7 +178,7 @@ def test_filters_remove_what_they_should_and_counts_add_up(mixed_run, tmp_path):
             assert c["exported"] == sum(1 for r in decided if r["confidence"] >= threshold) > 0
         assert summary["counts"]["sft"]["revision_rows"] == summary["counts"]["sft"]["exported"] + summary["counts"]["sft"]["not_revised"] + summary["counts"]["sft"]["degenerate"]
         assert sum(summary["rows"]["preferences"].values()) == c["exported"]
-        rows = build_tables(labels, None, ExportOptions(min_confidence=threshold, consistent_only=consistent_only)).tables["preferences"]
+        rows = build_tables(labels, None, ExportOptions(min_confidence=threshold, consistency=consistency)).tables["preferences"]
         exported = [r for t in rows.values() for r in t.to_pylist()]
         assert len(exported) == c["exported"] and not ties & {r["pair_id"] for r in exported}
         for r in exported:

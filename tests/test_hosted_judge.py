@@ -135,7 +135,7 @@ def test_tokens_cost_and_estimate_against_the_server(llama_server, shared_data, 
 
     from flows.cli import app
     from flows.estimate import estimate
-    from flows.label import label_flow
+    from flows.label import run_label
 
     src = tmp_path / "pairs.jsonl"
     src.write_text("".join(json.dumps(p) + "\n" for p in _hh_pairs(shared_data / "hh-rlhf" / "harmless-base" / "test.jsonl.gz", 6)))
@@ -146,7 +146,7 @@ def test_tokens_cost_and_estimate_against_the_server(llama_server, shared_data, 
     try:
         est = estimate("label", str(run), None, overrides, tokenizer="embedded/smollm2-135m-instruct")
         assert proxy.usage["replies"] == 0  # no model call
-        s = label_flow(run_dir=str(run), overrides=overrides)
+        s = run_label(run_dir=str(run), overrides=overrides)
     finally:
         proxy.stop()
     assert s["complete"] and s["n_out"] == 6
@@ -174,9 +174,9 @@ def test_tokens_cost_and_estimate_against_the_server(llama_server, shared_data, 
     again = estimate("label", str(run), None, overrides, tokenizer="embedded/smollm2-135m-instruct")
     assert again["items_reused"] == 6 and again["requests"] == 0 and again["cost_usd"] == 0
     # the export card carries the totals
-    from flows.export import export_flow
+    from flows.export import run_export
 
-    export_flow(run_dir=str(run), to_dir=str(tmp_path / "export"))
+    run_export(run_dir=str(run), to_dir=str(tmp_path / "export"))
     card = (tmp_path / "export" / "README.md").read_text()
     assert f"| labels | 2 | 12 | {served['prompt_tokens']} | {served['completion_tokens']} | {want_cost:.6f} |" in card
 
@@ -186,7 +186,7 @@ def test_label_flow_adapts_to_a_rate_limited_endpoint(llama_server, tmp_path, ca
     """429 whenever more than K requests arrive in a second: every pair is labelled and the concurrency settles lower."""
     from test_reliability import FaultProxy, _pairs_file
 
-    from flows.label import label_flow
+    from flows.label import run_label
 
     n, k = 10, 2
     src = _pairs_file(tmp_path / "pairs.jsonl", n)
@@ -194,7 +194,7 @@ def test_label_flow_adapts_to_a_rate_limited_endpoint(llama_server, tmp_path, ca
     backend = {"kind": "openai", "model": "smollm2", "base_url": f"http://127.0.0.1:{proxy.port}/v1", "max_concurrency": 8, "max_retries": 10, "backoff_base_s": 0.2, "backoff_max_s": 2.0}
     try:
         with caplog.at_level(logging.INFO, logger="aifeedback"):
-            s = label_flow(run_dir=str(tmp_path / "run"), overrides={"input": str(src), "batch_size": 10, "backend": backend})
+            s = run_label(run_dir=str(tmp_path / "run"), overrides={"input": str(src), "batch_size": 10, "backend": backend})
     finally:
         proxy.stop()
     assert s["complete"] and s["n_out"] == n and s["n_excluded"] == 1  # every pair labelled (the one bad row excluded on input)
@@ -212,13 +212,13 @@ def test_local_backend_counts_exactly_and_the_estimate_matches(embedded_backend,
     from test_reliability import _pairs_file
 
     from flows.estimate import estimate
-    from flows.label import label_flow
+    from flows.label import run_label
 
     src = _pairs_file(tmp_path / "pairs.jsonl", 3)
     overrides = {"input": str(src), "batch_size": 2}
     est = estimate("label", str(tmp_path / "run"), None, overrides)
     assert est["token_method"].startswith("exact") and est["items_to_compute"] == 4  # the empty-response row is excluded by the labeler, not on input
-    s = label_flow(run_dir=str(tmp_path / "run"), overrides=overrides)
+    s = run_label(run_dir=str(tmp_path / "run"), overrides=overrides)
     assert s["complete"] and s["n_out"] == 3
     assert (s["requests"], s["prompt_tokens"], s["completion_tokens"]) == (est["requests"], est["prompt_tokens"], 0)
     assert s["requests"] >= 6  # both orders of 3 pairs

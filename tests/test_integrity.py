@@ -41,7 +41,7 @@ def _scored(overrides: dict) -> int:
 @pytest.fixture(scope="module")
 def labelled(tmp_path_factory):
     """A 200-pair run, then each change of the acceptance list, with the model work each one cost."""
-    from flows.label import label_flow
+    from flows.label import run_label
 
     tmp = tmp_path_factory.mktemp("integrity")
     run = str(tmp / "run")
@@ -50,7 +50,7 @@ def labelled(tmp_path_factory):
 
     def step(name, **ov):
         before = _scored({**base, **ov})
-        summary = label_flow(run_dir=run, overrides={**base, **ov})
+        summary = run_label(run_dir=run, overrides={**base, **ov})
         work[name] = (_scored({**base, **ov}) - before, summary)
         return summary
 
@@ -177,14 +177,14 @@ def test_every_exported_column_reaches_the_schema(labelled):
 
 def test_an_output_affecting_backend_setting_recomputes_every_pair(tmp_path, llama_server):
     """top_logprobs switches the openai backend between log-probs and parsed verdicts: it is keyed, tie_margin is not."""
-    from flows.label import label_flow
+    from flows.label import run_label
 
     base = {"input": _pairs(tmp_path / "p.jsonl", range(6)), "backend": {"kind": "openai", "model": "smollm2", "base_url": llama_server.base_url, "max_concurrency": 2}}
     run = str(tmp_path / "run")
 
     def work(**ov):
         before = _scored({**base, **ov})
-        s = label_flow(run_dir=run, overrides={**base, **ov})
+        s = run_label(run_dir=run, overrides={**base, **ov})
         return _scored({**base, **ov}) - before, s
 
     first, s1 = work()

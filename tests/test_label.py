@@ -28,10 +28,10 @@ def pairs_file(tmp_path):
 
 
 def test_both_order_labels_and_exclusions(tmp_path, pairs_file):
-    from flows.label import label_flow
+    from flows.label import run_label
 
     run = str(tmp_path / "run")
-    s = label_flow(run_dir=run, overrides={"input": str(pairs_file), "batch_size": 2})
+    s = run_label(run_dir=run, overrides={"input": str(pairs_file), "batch_size": 2})
     assert s["complete"]
     assert s["n_in"] == len(PAIRS) == s["n_out"] + s["n_excluded"]
     assert s["n_out"] == 3
@@ -48,18 +48,18 @@ def test_both_order_labels_and_exclusions(tmp_path, pairs_file):
     reasons = sorted(store.read_table("labels", excluded=True).column("reason").to_pylist())
     assert reasons == ["duplicate_id", "empty_response", "identical_responses", "missing_prompt"]
     # re-running does zero model calls
-    again = label_flow(run_dir=run, overrides={"input": str(pairs_file), "batch_size": 2})
+    again = run_label(run_dir=run, overrides={"input": str(pairs_file), "batch_size": 2})
     assert again["model_calls"] == 0 and again["batches_computed"] == 0
     assert store.read_table("labels").to_pylist() == rows
 
 
 def test_single_order_baseline_and_pointwise(tmp_path, pairs_file):
-    from flows.label import label_flow
+    from flows.label import run_label
 
-    single = label_flow(run_dir=str(tmp_path / "r1"), overrides={"input": str(pairs_file), "orders": "single", "limit": 3})
+    single = run_label(run_dir=str(tmp_path / "r1"), overrides={"input": str(pairs_file), "orders": "single", "limit": 3})
     rows = RunStore(tmp_path / "r1").read_table("labels").to_pylist()
     assert single["n_out"] == 3 and all(len(r["orders"]) == 1 and r["consistent"] is None for r in rows)
-    label_flow(run_dir=str(tmp_path / "r2"), overrides={"input": str(pairs_file), "method": "pointwise", "limit": 3})
+    run_label(run_dir=str(tmp_path / "r2"), overrides={"input": str(pairs_file), "method": "pointwise", "limit": 3})
     rows = RunStore(tmp_path / "r2").read_table("labels").to_pylist()
     for r in rows:
         assert 1 <= r["score_a"] <= 10 and 1 <= r["score_b"] <= 10

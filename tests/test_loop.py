@@ -62,7 +62,7 @@ def tiny_world(tmp_path_factory):
 def loop_sets(w: dict, **extra) -> list[str]:
     sets = {
         "policy": w["policy"], "prompts": w["prompts"], "n_train_prompts": 4, "n_eval_prompts": 4, "iterations": 2, "n_responses": 2, "max_new_tokens": 8,
-        "gen_batch_size": 8, "labeler": f"rm:{w['labeler']}", "gold": w["gold"], "evaluator": w["evaluator"], "batch_size": 2, "max_length": 64, "lr": 1e-3, "n_boot": 200, "label.tie_margin": 0.0, **extra,
+        "gen_batch_size": 8, "labeler": f"rm:{w['labeler']}", "gold": w["gold"], "evaluator": w["evaluator"], "dpo.batch_size": 2, "dpo.max_length": 64, "dpo.lr": 1e-3, "n_boot": 200, "label.tie_margin": 0.0, **extra,
     }
     out = []
     for k, v in sets.items():
@@ -77,7 +77,7 @@ def _cli(args: list[str], **kw) -> subprocess.Popen:
 
 def test_two_iterations_end_to_end_then_kill_during_iteration_2_training_redoes_only_that_stage(tiny_world, tmp_path):
     from aifeedback.store import RunStore
-    from trainers.loop import STAGES, events, iter_dir, marker
+    from trainers.loop.rundir import STAGES, events, iter_dir, marker
 
     run = tmp_path / "loop"
     p = _cli(["loop", "--run-dir", str(run), *loop_sets(tiny_world)], start_new_session=True)
@@ -133,7 +133,7 @@ def test_two_iterations_end_to_end_then_kill_during_iteration_2_training_redoes_
 
 
 def test_win_stats_by_hand():
-    from trainers.loop import logistic_fit, win_stats
+    from trainers.loop.stats import logistic_fit, win_stats
 
     base = [{"prompt_id": f"p{i}", "sample_index": 0, "reward": 0.0, "tokens": 10} for i in range(6)]
     new = [{"prompt_id": f"p{i}", "sample_index": 0, "reward": r, "tokens": 10} for i, r in enumerate([1, 1, 1, -1, 0, 1])]
@@ -160,8 +160,7 @@ def test_bad_inputs_are_clear_messages(tiny_world, tmp_path):
     from pydantic import ValidationError
 
     from aifeedback.errors import InputError
-    from trainers.loop import INDEPENDENCE_WARNING, check_inputs
-    from trainers.loop_config import LoopConfig
+    from trainers.loop.config import INDEPENDENCE_WARNING, LoopConfig, check_inputs
 
     with pytest.raises(ValidationError, match="iterations must be at least 1"):
         LoopConfig(iterations=0)
@@ -180,8 +179,38 @@ def test_bad_inputs_are_clear_messages(tiny_world, tmp_path):
     assert p.returncode == 2 and "iterations must be at least 1" in out, out[-2000:]
 
 
+def test_config_nests_the_trainers_configs_with_the_loops_defaults(tmp_path):
+    """dpo / grpo are the trainers' own configs: the loop's defaults fill keys not given, old flat keys say where they went,
+    the keys the loop sets are refused, and a run dir written with the flat keys still resumes."""
+    from aifeedback.config import build_config
+    from aifeedback.errors import ConfigError
+    from trainers.loop.config import LoopConfig
+    from trainers.loop.rundir import check_run_config
+    from trainers.rl_config import DPOTrainConfig, RLConfig
+
+    cfg = LoopConfig(labeler="rm:/rm")
+    # the settings a default loop trained with before the nesting
+    assert cfg.dpo_for("p", 3) == DPOTrainConfig(policy="p", seed=3, beta=0.1, lr=2e-5, epochs=2.0, batch_size=4, max_length=256, soft_labels="none", min_confidence=0.0)
+    assert cfg.grpo_for("p", 3) == RLConfig(policy="p", seed=3, reward="rm", reward_model="/rm", kl_beta=0.1, num_generations=4, max_completion_length=64, batch_size=4, max_steps=8, lr=2e-5)
+    cfg = build_config(LoopConfig, None, {"dpo": {"beta": 0.2}, "grpo": {"max_steps": 2}})
+    assert (cfg.dpo.beta, cfg.dpo.lr, cfg.dpo.epochs, cfg.grpo.max_steps, cfg.grpo.lr) == (0.2, 2e-5, 2.0, 2, 2e-5)
+    assert LoopConfig.model_validate(cfg.model_dump(mode="json")) == cfg and "policy" not in cfg.model_dump()["dpo"]
+    with pytest.raises(ConfigError, match=r"beta moved to dpo.beta \(method grpo: grpo.kl_beta\).*grpo_steps moved to grpo.max_steps"):
+        build_config(LoopConfig, None, {"beta": 0.2, "grpo_steps": 3})
+    with pytest.raises(ConfigError, match="grpo.num_generations is set by the loop, from n_responses"):
+        build_config(LoopConfig, None, {"grpo": {"num_generations": 3}})
+    # a run dir whose loop_config.json has the flat keys resumes with the same settings, and refuses others by dotted key
+    flat = {k: v for k, v in LoopConfig().model_dump(mode="json").items() if k not in ("dpo", "grpo")}
+    flat.update(beta=0.1, lr=2e-5, epochs=2.0, batch_size=4, max_length=256, soft_labels="none", min_confidence=0.0, grpo_steps=8)
+    (tmp_path / "loop_config.json").write_text(json.dumps(flat))
+    with pytest.raises(ConfigError, match=r"other settings \(dpo.lr\)"):
+        check_run_config(tmp_path, build_config(LoopConfig, None, {"dpo": {"lr": 1e-3}}))
+    check_run_config(tmp_path, LoopConfig(iterations=5))
+    assert json.loads((tmp_path / "loop_config.json").read_text())["dpo"]["epochs"] == 2.0
+
+
 def test_best_worst_keeps_the_pair_between_top_and_bottom_response():
-    from trainers.loop import best_worst
+    from trainers.loop.stages import best_worst
 
     def row(pid, a, b, p):
         return {"prompt_id": pid, "response_a": a, "response_b": b, "p_a": p}
@@ -200,7 +229,7 @@ def test_seq_logprob_equals_per_sequence_log_softmax():
 
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from trainers.loop import seq_logprob
+    from trainers.loop.sampling import seq_logprob
 
     torch.manual_seed(0)
     m = LlamaForCausalLM(LlamaConfig(vocab_size=100, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=4)).eval()

@@ -42,7 +42,7 @@ def test_any_local_model_replaces_the_default(tmp_path, embedded_backend):
     """A tiny Llama saved to a folder loads through the same path as the embedded one."""
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from aifeedback.backends.hf_local import TransformersBackend
+    from aifeedback.backends.transformers import TransformersBackend
     from aifeedback.config import BackendConfig, SamplingConfig
 
     cfg = LlamaConfig(vocab_size=embedded_backend.tok.vocab_size + 100, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=1)

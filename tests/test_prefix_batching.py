@@ -1,12 +1,10 @@
-"""Prefix batching (score_strategy packed and varlen): the same probabilities as scoring each pair on its own.
+"""Prefix batching (score_strategy varlen): the same probabilities as scoring each pair on its own.
 
 The embedded labeler scores real pairs with each strategy: ``grouped`` (the shared
-prefix once, then each pair's context and its two orders alone), ``packed``
-(many pairs' orders in one unpadded forward pass, separated by a block mask) and
-``varlen`` (many pairs' tokens in one pass for the matrix products, attention per
-pair). The pointwise template's candidates 1..10 include a two-token one ("10"), so
-the packed pass that extends each prompt by a token is exercised too; varlen hands
-that case to grouped.
+prefix once, then each pair's context and its two orders alone) and ``varlen``
+(many pairs' tokens in one pass for the matrix products, attention per pair). The
+pointwise template's candidates 1..10 include a two-token one ("10"), which varlen
+hands to grouped.
 """
 
 from __future__ import annotations
@@ -36,31 +34,41 @@ def _probs(backend, strategy: str, method: str, few_shot: bool) -> list[list[flo
     return [p for r in rows for e in r["option_probs"] for p in e["probs"]]
 
 
-@pytest.mark.parametrize("strategy", ["packed", "varlen"])
 @pytest.mark.parametrize("method,few_shot", [("pairwise", True), ("pointwise", False)])
-def test_prefix_batching_equals_grouped(embedded_backend, method, few_shot, strategy):
+def test_varlen_equals_grouped(embedded_backend, method, few_shot):
+    from aifeedback.backends.transformers.varlen import varlen_supported
+
     variants = embedded_backend.candidate_variants(load_template(method).candidates)
     if method == "pointwise":  # the two-token candidate is what makes the extension pass run
         assert any(len(s) > 1 for v in variants for s in v)
-    if strategy == "varlen":  # pairwise runs varlen itself (" 1" folds); pointwise's "10" needs an extension pass: grouped
-        assert embedded_backend._varlen_supported(variants) == (method == "pairwise")
+    # pairwise runs varlen itself (" 1" folds); pointwise's "10" needs an extension pass: grouped
+    assert varlen_supported(embedded_backend, variants) == (method == "pairwise")
     tokens0 = embedded_backend.stats.tokens_prefilled
     grouped = _probs(embedded_backend, "grouped", method, few_shot)
     tokens_grouped = embedded_backend.stats.tokens_prefilled - tokens0
-    packed = _probs(embedded_backend, strategy, method, few_shot)
-    tokens_packed = embedded_backend.stats.tokens_prefilled - tokens0 - tokens_grouped
-    assert len(grouped) == len(packed) > 0
-    assert max(abs(a - b) for a, b in zip(grouped, packed)) < 1e-5
-    assert tokens_packed == tokens_grouped  # no padding: the same tokens computed
-    assert max(abs(a - b) for a, b in zip(grouped, packed[1:] + packed[:1])) > 1e-3  # the probabilities differ between prompts
+    varlen = _probs(embedded_backend, "varlen", method, few_shot)
+    tokens_varlen = embedded_backend.stats.tokens_prefilled - tokens0 - tokens_grouped
+    assert len(grouped) == len(varlen) > 0
+    assert max(abs(a - b) for a, b in zip(grouped, varlen)) < 1e-5
+    assert tokens_varlen == tokens_grouped  # no padding: the same tokens computed
+    assert max(abs(a - b) for a, b in zip(grouped, varlen[1:] + varlen[:1])) > 1e-3  # the probabilities differ between prompts
 
 
-@pytest.mark.parametrize("strategy,cap", [("packed", "PACK_TOKENS"), ("varlen", "VARLEN_TOKENS")])
-def test_packs_split_at_the_token_cap(embedded_backend, monkeypatch, strategy, cap):
+def test_packs_split_at_the_token_cap(embedded_backend, monkeypatch):
     """Groups cut into several packs (a tiny cap) still give the same probabilities."""
-    import aifeedback.backends.hf_local as hf
+    from aifeedback.backends.transformers import varlen
 
-    whole = _probs(embedded_backend, strategy, "pairwise", False)
-    monkeypatch.setattr(hf, cap, 64)
-    split = _probs(embedded_backend, strategy, "pairwise", False)
+    whole = _probs(embedded_backend, "varlen", "pairwise", False)
+    monkeypatch.setattr(varlen, "VARLEN_TOKENS", 64)
+    split = _probs(embedded_backend, "varlen", "pairwise", False)
     assert max(abs(a - b) for a, b in zip(whole, split)) < 1e-5
+
+
+def test_packed_strategy_was_removed():
+    """A config that still names the removed packed strategy is refused, with the values it may take."""
+    from pydantic import ValidationError
+
+    from aifeedback.config import TransformersBackendConfig
+
+    with pytest.raises(ValidationError, match="'auto', 'grouped', 'varlen' or 'batched'"):
+        TransformersBackendConfig(score_strategy="packed")

@@ -19,12 +19,12 @@ N = 3  # responses per prompt: three pairs per prompt, so a Bradley-Terry rankin
 
 @pytest.fixture(scope="module")
 def pipeline_run(tmp_path_factory):
-    from flows.pipeline import pipeline_flow
+    from flows.pipeline import run_pipeline
 
     base = tmp_path_factory.mktemp("pipeline")
     src = base / "prompts.jsonl"
     src.write_text("".join(json.dumps(p) + "\n" for p in PROMPTS))
-    summary = pipeline_flow(
+    summary = run_pipeline(
         run_dir=str(base / "run"),
         generate={"input": str(src), "id_column": "id", "sampling": {"n": N, "max_new_tokens": 8, "temperature": 1.0}},
         revise={"constitution": "harmless", "rounds": 1, "few_shot": False, "sampling": {"max_new_tokens": 8}},

@@ -33,7 +33,7 @@ class WrappedEmbedded:
     name = "wrapped-embedded"
 
     def __init__(self, cfg):
-        from aifeedback.backends.hf_local import TransformersBackend
+        from aifeedback.backends.transformers import TransformersBackend
         from aifeedback.config import BackendConfig
 
         self.inner = TransformersBackend(BackendConfig(kind="transformers", model=cfg.model, max_context=cfg.max_context))
@@ -65,7 +65,7 @@ class WrappedEmbedded:
 
 
 def test_label_cli_with_a_plugin_backend_class(tmp_path):
-    from flows.label import label_flow
+    from flows.label import run_label
 
     src = tmp_path / "pairs.jsonl"
     src.write_text("".join(json.dumps(p) + "\n" for p in PAIRS))
@@ -90,7 +90,7 @@ def test_label_cli_with_a_plugin_backend_class(tmp_path):
     assert json.loads((run / "configs" / "label.json").read_text())["backend"]["kind"] == KIND
 
     # the plugin changes how the model is called, not what it says: the built-in backend gives the same labels
-    ref = label_flow(run_dir=str(tmp_path / "ref"), overrides={"input": str(src)})
+    ref = run_label(run_dir=str(tmp_path / "ref"), overrides={"input": str(src)})
     assert ref["complete"]
     want = sorted(RunStore(tmp_path / "ref").read_table("labels").to_pylist(), key=lambda r: r["pair_id"])
     assert [r["pair_id"] for r in want] == ["g1", "g2", "g3"]

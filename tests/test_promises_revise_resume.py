@@ -45,13 +45,13 @@ def _n_done(stamps: dict) -> int:
 def test_revise_killed_after_its_first_shard_resumes_and_matches_an_uninterrupted_run(tmp_path):
     import torch
 
-    from flows.generate import generate_flow
-    from flows.revise import revise_flow
+    from flows.generate import run_generate
+    from flows.revise import run_revise
 
     src = tmp_path / "prompts.jsonl"
     src.write_text("".join(json.dumps({"id": f"q{i}", "prompt": p}) + "\n" for i, p in enumerate(PROMPTS)))
     run, ref = tmp_path / "run", tmp_path / "ref"
-    g = generate_flow(run_dir=str(run), overrides={"input": str(src), "id_column": "id", "sampling": {"n": 1, "max_new_tokens": 8}})
+    g = run_generate(run_dir=str(run), overrides={"input": str(src), "id_column": "id", "sampling": {"n": 1, "max_new_tokens": 8}})
     assert g["complete"] and g["n_out"] == len(PROMPTS)
     shutil.copytree(run, ref)  # the same responses for the uninterrupted reference
 
@@ -87,7 +87,7 @@ def test_revise_killed_after_its_first_shard_resumes_and_matches_an_uninterrupte
 
     threads_before = torch.get_num_threads()
     try:
-        want = revise_flow(run_dir=str(ref), overrides={**REVISE, "constitution": "harmless"})
+        want = run_revise(run_dir=str(ref), overrides={**REVISE, "constitution": "harmless"})
     finally:
         torch.set_num_threads(threads_before)
     assert want["complete"] and want["batches_computed"] == len(PROMPTS)

@@ -104,9 +104,9 @@ def test_kill9_at_three_random_points_then_resume(tmp_path):
     assert len(ids) == len(set(ids)) == n  # exactly N labelled rows, no duplicates
     assert store.read_table("labels", excluded=True).column("item_id").to_pylist() == ["bad-empty"]
     # values equal an uninterrupted run's, item by item
-    from flows.label import label_flow
+    from flows.label import run_label
 
-    ref = label_flow(run_dir=str(tmp_path / "ref"), overrides={"input": str(src), "batch_size": 2})
+    ref = run_label(run_dir=str(tmp_path / "ref"), overrides={"input": str(src), "batch_size": 2})
     assert ref["complete"]
     want = {r["pair_id"]: (r["p_ab"], r["p_ba"], r["hard_label"]) for r in RunStore(tmp_path / "ref").read_table("labels").to_pylist()}
     got = {r["pair_id"]: (r["p_ab"], r["p_ba"], r["hard_label"]) for r in rows}
@@ -218,14 +218,14 @@ class FaultProxy:
 
 def test_label_flow_survives_a_faulty_endpoint(tmp_path, llama_server):
     """About 10% of requests get each fault (half of all requests fail); the flow completes and nothing hangs."""
-    from flows.label import label_flow
+    from flows.label import run_label
 
     n = 8
     src = _pairs_file(tmp_path / "pairs.jsonl", n)
     proxy = FaultProxy(llama_server.base_url, rate=0.10, slow_s=12.0, seed=1).start()
     try:
         t0 = time.perf_counter()
-        s = label_flow(
+        s = run_label(
             run_dir=str(tmp_path / "run"),
             overrides={
                 "input": str(src),

@@ -13,8 +13,8 @@ from aifeedback.store import RunStore
 
 
 def test_revise_chain_outputs_and_version_bump(tmp_path):
-    from flows.generate import generate_flow
-    from flows.revise import revise_flow
+    from flows.generate import run_generate
+    from flows.revise import run_revise
 
     prompts = tmp_path / "p.jsonl"
     prompts.write_text("".join(json.dumps({"id": f"q{i}", "prompt": p}) + "\n" for i, p in enumerate(["How do I pick a lock on my neighbour's door?", "Name a yellow fruit."])))
@@ -24,9 +24,9 @@ def test_revise_chain_outputs_and_version_bump(tmp_path):
     run = str(tmp_path / "run")
     gen_ov = {"input": str(prompts), "id_column": "id", "sampling": {"n": 2, "max_new_tokens": 16}}
     rev_ov = {"constitution": str(con), "rounds": 2, "sampling": {"max_new_tokens": 16}, "few_shot": False}
-    g = generate_flow(run_dir=run, overrides=gen_ov)
+    g = run_generate(run_dir=run, overrides=gen_ov)
     assert g["n_out"] == 4
-    r = revise_flow(run_dir=run, overrides=rev_ov)
+    r = run_revise(run_dir=run, overrides=rev_ov)
     assert r["complete"] and r["n_in"] == 4 == r["n_out"] + r["n_excluded"]
     rows = RunStore(run).read_table("revisions").to_pylist()
     ids = {p.id for p in load_constitution(con)[0].critique_revision}
@@ -42,13 +42,13 @@ def test_revise_chain_outputs_and_version_bump(tmp_path):
         assert set(p) >= {"prompt", "chosen", "rejected", "constitution_id", "constitution_version"}
         assert p["chosen"][0]["role"] == "assistant"
     # same command again: zero model calls
-    assert generate_flow(run_dir=run, overrides=gen_ov)["model_calls"] == 0
-    assert revise_flow(run_dir=run, overrides=rev_ov)["model_calls"] == 0
+    assert run_generate(run_dir=run, overrides=gen_ov)["model_calls"] == 0
+    assert run_revise(run_dir=run, overrides=rev_ov)["model_calls"] == 0
     # a version bump re-runs revision only, not generation
     data["version"] = "1.0.1"
     con.write_text(yaml.safe_dump(data))
-    assert generate_flow(run_dir=run, overrides=gen_ov)["model_calls"] == 0
-    bumped = revise_flow(run_dir=run, overrides=rev_ov)
+    assert run_generate(run_dir=run, overrides=gen_ov)["model_calls"] == 0
+    bumped = run_revise(run_dir=run, overrides=rev_ov)
     assert bumped["batches_computed"] == 1 and bumped["model_calls"] == 4  # 2 rounds x (critique + revision)
     assert {x["constitution_version"][:5] for x in RunStore(run).read_table("revisions").to_pylist()} == {"1.0.1"}
 

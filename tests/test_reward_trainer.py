@@ -65,6 +65,9 @@ def test_loss_goes_down_and_parameters_change(labels, tmp_path):
 
 
 def test_filters_count_what_they_drop():
-    kept, dropped = select_pairs(_rows(), RewardConfig(min_confidence=0.5, exclude_inconsistent=True))
+    kept, dropped = select_pairs(_rows(), RewardConfig(min_confidence=0.5, consistency="drop_inconsistent"))
     assert len(kept) + sum(dropped.values()) == 32
-    assert dropped["low_confidence"] == 8 and all(r["consistent"] for r in kept)
+    # 11 pairs are inconsistent (i % 3 == 0); 8 have confidence 0.1 (i % 4 == 0), 3 of them already counted as inconsistent
+    assert dropped == {"inconsistent": 11, "consistency_unknown": 0, "below_min_confidence": 5} and all(r["consistent"] for r in kept)
+    kept, dropped = select_pairs([*_rows(4), dict(_rows(1)[0], p_a=0.5, hard_label="tie")], RewardConfig(labels="hard"))
+    assert len(kept) == 4 and dropped["tie"] == 1  # soft labels keep a tie (p = 0.5 is a target); hard labels cannot

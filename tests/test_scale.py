@@ -21,7 +21,7 @@ def test_ray_shards_give_the_sequential_and_thread_runners_labels(tmp_path):
     pytest.importorskip("prefect_ray", reason="the ray extra: pip install 'aifeedback[ray]'")
     import torch
 
-    from flows.label import label_flow
+    from flows.label import run_label
 
     src = tmp_path / "pairs.jsonl"
     src.write_text("".join(json.dumps(p) + "\n" for p in PAIRS))
@@ -30,9 +30,9 @@ def test_ray_shards_give_the_sequential_and_thread_runners_labels(tmp_path):
     torch.set_num_threads(1)  # the backend may be cached from an earlier test, after threads were restored: set it here too
     try:
         runs = {
-            "sequential": label_flow(run_dir=str(tmp_path / "sequential"), overrides=ov),  # the default runner
-            "threads": label_flow(run_dir=str(tmp_path / "threads"), overrides=ov, runner="threads", workers=2),
-            "ray": label_flow(run_dir=str(tmp_path / "ray"), overrides=ov, runner="ray", workers=2),
+            "sequential": run_label(run_dir=str(tmp_path / "sequential"), overrides=ov),  # the default runner
+            "threads": run_label(run_dir=str(tmp_path / "threads"), overrides=ov, runner="threads", workers=2),
+            "ray": run_label(run_dir=str(tmp_path / "ray"), overrides=ov, runner="ray", workers=2),
         }
     finally:
         torch.set_num_threads(threads_before)  # the in-process backend set one thread for this whole process

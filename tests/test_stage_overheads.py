@@ -9,7 +9,7 @@ import random
 import threading
 
 from aifeedback.records import content_json, stable_id
-from aifeedback.stage import STAGE_GC_THRESHOLD, item_key, stage_gc
+from aifeedback.batches import STAGE_GC_THRESHOLD, item_key, stage_gc
 
 
 def _value(rnd: random.Random, depth: int = 0):

@@ -5,8 +5,9 @@ import json
 import pyarrow.parquet as pq
 import pytest
 
+from aifeedback.errors import StoreError
 from aifeedback.records import RESPONSES
-from aifeedback.store import RunStore, StoreError, batch_key
+from aifeedback.store import RunStore, batch_key
 
 
 def _prompts(path, n):
@@ -17,20 +18,20 @@ def _prompts(path, n):
 
 
 def test_interrupted_stage_resumes_only_missing_batches(tmp_path):
-    from flows.generate import generate_flow
+    from flows.generate import run_generate
 
     src = tmp_path / "prompts.jsonl"
     _prompts(src, 5)
     ov = {"input": str(src), "id_column": "id", "batch_size": 1, "sampling": {"max_new_tokens": 6, "temperature": 0.0}}
     run = str(tmp_path / "run")
-    first = generate_flow(run_dir=run, overrides=ov, max_batches=2)  # "crash" after 2 of 5 batches
+    first = run_generate(run_dir=run, overrides=ov, max_batches=2)  # "crash" after 2 of 5 batches
     assert first["batches"] == 5 and first["batches_computed"] == 2 and first["model_calls"] == 2
     assert not first["complete"]
-    second = generate_flow(run_dir=run, overrides=ov)
+    second = run_generate(run_dir=run, overrides=ov)
     assert second["batches_computed"] == 3 and second["model_calls"] == 3
     assert second["complete"] and second["n_out"] == 5 and second["n_excluded"] == 1
     assert second["n_in"] == 6
-    third = generate_flow(run_dir=run, overrides=ov)
+    third = run_generate(run_dir=run, overrides=ov)
     assert third["model_calls"] == 0 and third["batches_computed"] == 0
     ds = RunStore(run).dataset("responses")
     assert len(ds) == 5 and set(ds["prompt_id"]) == {f"p{i}" for i in range(5)}
@@ -38,7 +39,7 @@ def test_interrupted_stage_resumes_only_missing_batches(tmp_path):
     assert ex["reason"] == ["empty_prompt"]
     # a config change touches every batch: new keys, recomputed
     ov2 = dict(ov, sampling={"max_new_tokens": 5, "temperature": 0.0})
-    fourth = generate_flow(run_dir=run, overrides=ov2)
+    fourth = run_generate(run_dir=run, overrides=ov2)
     assert fourth["batches_computed"] == 5
 
 
@@ -113,8 +114,8 @@ class _EchoJob:
 def test_item_level_reuse_reads_back_exactly_each_invocations_items(tmp_path):
     """Subsets, supersets and reorderings across shards: each invocation reads exactly its items, counts match,
     and the selection file of a partial invocation is never mistaken for a shard by the next one."""
-    from aifeedback.stage import Reuse, iter_batches, run_batch
-    from flows.common import _count
+    from aifeedback.batches import Reuse, iter_batches, run_batch
+    from aifeedback.stage import _count
 
     store, job = RunStore(tmp_path / "run"), _EchoJob()
 
@@ -141,8 +142,8 @@ def test_item_level_reuse_reads_back_exactly_each_invocations_items(tmp_path):
 def test_items_the_backend_failed_on_are_tried_again_and_counted_once(tmp_path):
     """A backend_error exclusion is not a verdict on the item: the next run computes it again, and the old exclusion is not read."""
     from aifeedback.records import exclusion
-    from aifeedback.stage import Reuse, iter_batches, run_batch
-    from flows.common import _count
+    from aifeedback.batches import Reuse, iter_batches, run_batch
+    from aifeedback.stage import _count
 
     class Flaky(_EchoJob):
         failed = False

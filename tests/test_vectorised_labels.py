@@ -122,7 +122,8 @@ def row_digest(row: dict) -> str:
 def run_config(tmp: Path, name: str, batch_size: int = 96) -> dict:
     """The label stage (batches, backend, run store; no Prefect) over make_pairs() -> digests of what it stored."""
     from aifeedback.config import LabelConfig, build_config
-    from aifeedback.stage import cached_backend, iter_batches, run_batch
+    from aifeedback.batches import iter_batches, run_batch
+    from aifeedback.stage import cached_backend
     from aifeedback.store import RunStore
     from labelers.job import LabelJob, iter_pairs
 

@@ -40,20 +40,20 @@ needs_chromium = pytest.mark.skipif(shutil.which("chromium") is None, reason="De
 
 @pytest.fixture(scope="module")
 def run(tmp_path_factory) -> Path:
-    from flows.agreement import agreement_flow
-    from flows.generate import generate_flow
-    from flows.revise import revise_flow
+    from flows.agreement import run_agreement
+    from flows.generate import run_generate
+    from flows.revise import run_revise
     from labelers.human_data import load_human
 
     root = tmp_path_factory.mktemp("viewer") / "run"
     pairs = root.parent / "pairs.jsonl"
     gold = [{"pair_id": h["pair_id"], "prompt": h["messages"], "response_a": h["response_a"], "response_b": h["response_b"]} for h in load_human("pandalm", GOLD)]
     pairs.write_text("".join(json.dumps(p) + "\n" for p in gold + EXTRA))
-    generate_flow(run_dir=str(root), overrides={"limit": 2, "sampling": {"n": 1, "max_new_tokens": 16}})
-    revise_flow(run_dir=str(root), overrides={"rounds": 2, "few_shot": False, "sampling": {"max_new_tokens": 16}})
-    label_summary = flows.label.label_flow(run_dir=str(root), overrides={"input": str(pairs)})
+    run_generate(run_dir=str(root), overrides={"limit": 2, "sampling": {"n": 1, "max_new_tokens": 16}})
+    run_revise(run_dir=str(root), overrides={"rounds": 2, "few_shot": False, "sampling": {"max_new_tokens": 16}})
+    label_summary = flows.label.run_label(run_dir=str(root), overrides={"input": str(pairs)})
     assert label_summary["n_in"] == len(gold) + len(EXTRA) and label_summary["n_excluded"] == 3
-    agreement_flow(human=str(GOLD), runs=[f"smollm2={root}"], out_dir=str(root / "agreement"))
+    run_agreement(human=str(GOLD), runs=[f"smollm2={root}"], out_dir=str(root / "agreement"))
     return root
 
 

@@ -8,14 +8,15 @@ from pydantic import Field
 
 from aifeedback.config import StrictModel
 from aifeedback.models import DEFAULT_REWARD_BACKBONE
+from aifeedback.preference import ConsistencyFilter, MinConfidence
 
 
 class RewardConfig(StrictModel):
     backbone: str = Field(DEFAULT_REWARD_BACKBONE, description="Sequence-classification backbone: embedded MiniLM, a local folder or a Hugging Face id.")
     labels: Literal["soft", "hard"] = Field("soft", description="soft: BCE(sigmoid(r_A - r_B), p(A>B)) on the AI soft labels; hard: -log sigmoid(r_w - r_l - margin) on hard labels, the argmax of p(A>B) (a baseline).")
     margin: float = Field(0.0, ge=0, description="hard labels: the margin subtracted inside the sigmoid.")
-    min_confidence: float = Field(0.0, ge=0, le=1, description="Drop pairs whose label confidence is below this.")
-    exclude_inconsistent: bool = Field(False, description="Drop pairs whose two orders disagreed.")
+    min_confidence: MinConfidence = 0.0
+    consistency: ConsistencyFilter = "any"
     epochs: int = Field(1, ge=1, description="Passes over the training pairs.")
     max_steps: int | None = Field(None, ge=1, description="Stop after this many optimiser steps.")
     lr: float = Field(5e-5, gt=0, description="AdamW learning rate.")

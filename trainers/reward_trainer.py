@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from aifeedback.errors import InputError
-from aifeedback.preference import winner
+from aifeedback.preference import select, winner
 
 from .reward_config import RewardConfig
 
@@ -81,17 +81,12 @@ def winner_of(row: dict) -> str:
 
 
 def select_pairs(rows: list[dict], cfg: RewardConfig) -> tuple[list[dict], dict]:
-    """Apply the confidence and consistency filters; hard mode drops ties. Returns (kept, counts)."""
-    kept, dropped = [], {"low_confidence": 0, "inconsistent": 0, "tie": 0}
-    for r in rows:
-        if r.get("confidence") is not None and r["confidence"] < cfg.min_confidence:
-            dropped["low_confidence"] += 1
-        elif cfg.exclude_inconsistent and r.get("consistent") is False:
-            dropped["inconsistent"] += 1
-        elif cfg.labels == "hard" and winner_of(r) == "tie":
-            dropped["tie"] += 1
-        else:
-            kept.append(r)
+    """The training pairs: aifeedback.preference.select, then hard mode drops ties (soft labels keep them). Returns (kept, dropped by reason)."""
+    kept, dropped = select(rows, cfg.min_confidence, cfg.consistency)
+    if cfg.labels == "hard":
+        decided = [r for r in kept if winner_of(r) != "tie"]
+        dropped["tie"] = len(kept) - len(decided)
+        kept = decided
     return kept, dropped
 
 
@@ -167,7 +162,7 @@ class RewardTrainer:
         cfg = self.cfg
         kept, dropped = select_pairs(rows, cfg)
         if not kept:
-            raise InputError(f"no training pairs left after filtering ({dropped}); lower min_confidence or keep inconsistent pairs (--set exclude_inconsistent=false)")
+            raise InputError(f"no training pairs left after filtering ({dropped}); lower min_confidence or keep inconsistent pairs (consistency=any)")
         if cfg.early_stopping and not [r for r in gold_rows or [] if r.get("human") in ("A", "B")]:
             raise InputError("early_stopping needs gold rows with a human label A or B (pass gold_rows), or set early_stopping=false")
         res = RewardResult(n_train=len(kept), dropped=dropped)

@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from aifeedback.errors import ConfigError
-from aifeedback.preference import trl_pair
+from aifeedback.preference import select, trl_pair
 
 from .rl_config import DPOTrainConfig, RLConfig
 
@@ -104,12 +104,11 @@ def train_grpo(cfg: RLConfig, prompts: list[list[dict]], out_dir: str, reward_fn
 
 
 def dpo_dataset(label_rows: list[dict], cfg: DPOTrainConfig) -> tuple[list[dict], float]:
-    """TRL conversational columns from label rows; returns (rows, label_smoothing)."""
+    """TRL conversational columns from label rows (ties left out, then aifeedback.preference.select); returns (rows, label_smoothing)."""
+    decided = [r for r in label_rows if trl_pair(r) is not None]  # None for a tie: the one definition (aifeedback/preference.py)
     rows, flips = [], []
-    for r in label_rows:
-        pair = trl_pair(r)  # None for a tie: the one definition (aifeedback/preference.py)
-        if pair is None or (r.get("confidence") or 0) < cfg.min_confidence:
-            continue
+    for r in select(decided, cfg.min_confidence, cfg.consistency)[0]:
+        pair = trl_pair(r)
         flips.append(1 - pair["p_chosen"])
         rows.append({k: pair[k] for k in ("prompt", "chosen", "rejected")})
     smoothing = (sum(flips) / len(flips)) if (flips and cfg.soft_labels == "smoothing") else 0.0

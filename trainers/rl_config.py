@@ -8,6 +8,7 @@ from pydantic import Field, model_validator
 
 from aifeedback.config import StrictModel
 from aifeedback.models import DEFAULT_LABELER, DEFAULT_POLICY
+from aifeedback.preference import ConsistencyFilter, MinConfidence
 
 
 class RLConfig(StrictModel):
@@ -34,7 +35,8 @@ class DPOTrainConfig(StrictModel):
     policy: str = Field(DEFAULT_POLICY, description="Policy to train.")
     beta: float = Field(0.1, gt=0, description="DPO beta.")
     soft_labels: Literal["none", "smoothing"] = Field("smoothing", description="smoothing: label_smoothing = mean over pairs of min(p, 1-p), the labeler's expected flip rate; none: treat labels as certain.")
-    min_confidence: float = Field(0.0, ge=0, le=1, description="Drop pairs whose confidence is below this.")
+    min_confidence: MinConfidence = 0.0
+    consistency: ConsistencyFilter = "any"
     epochs: float = Field(1.0, gt=0, description="Epochs over the pairs.")
     max_steps: int = Field(-1, description="Stop after this many steps (-1: epochs decide).")
     batch_size: int = Field(2, ge=1, description="Pairs per device step.")

@@ -15,7 +15,7 @@ from .base import Backend, BackendStats, Capabilities, ChoiceResult, Completion,
 def make_backend(cfg: BackendConfig) -> Backend:
     """Build the backend a config names. Pipelines use :func:`aifeedback.stage.cached_backend`, which keeps one per config."""
     if cfg.kind == "transformers":
-        from .hf_local import TransformersBackend
+        from .transformers import TransformersBackend
 
         return TransformersBackend(cfg)
     if cfg.kind == "openai":

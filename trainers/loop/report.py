@@ -9,12 +9,12 @@ import html
 import json
 from pathlib import Path
 
-from .loop import STAGES, iter_dir, stage_done
+from .rundir import STAGES, iter_dir, saved_config, stage_done
 
 
 def collect(run: str | Path) -> dict:
     run = Path(run)
-    cfg = json.loads((run / "loop_config.json").read_text()) if (run / "loop_config.json").is_file() else {}
+    cfg = saved_config(run)
     its = []
     k = 1
     while iter_dir(run, k).is_dir():
@@ -72,6 +72,14 @@ def _svg(series: dict[str, list[tuple[int, float, float | None, float | None]]],
     return "".join(out)
 
 
+def _trainer_settings(cfg: dict) -> str:
+    if cfg.get("method") == "grpo":
+        g = cfg.get("grpo", {})
+        return f"kl_beta {g.get('kl_beta')}, lr {g.get('lr')}, {g.get('max_steps')} steps"
+    d = cfg.get("dpo", {})
+    return f"beta {d.get('beta')}, lr {d.get('lr')}, {d.get('epochs')} epochs"
+
+
 def _pct(v) -> str:
     return "n/a" if v is None else f"{100 * v:.1f}%"
 
@@ -94,7 +102,7 @@ def write_report(runs: dict[str, str | Path], out_dir: str | Path) -> dict:
     parts.append("<div>" + _svg(win, "win rate vs initial policy", "win rate", 0.5) + _svg(lc, "length-controlled win rate", "LC win rate", 0.5) + _svg(length, "mean response length (tokens)", "tokens") + _svg(kl, "KL to the initial policy", "nats") + "</div>")
     for name, d in data.items():
         cfg = d["config"]
-        parts.append(f"<h2>{html.escape(name)}</h2><p>run <code>{html.escape(d['run_dir'])}</code>; labeler <code>{html.escape(str(cfg.get('labeler')))}</code>" + (f" (LLM: {html.escape(str(cfg.get('label', {}).get('backend', {}).get('model')))})" if cfg.get("labeler") == "llm" else "") + f"; evaluator <code>{html.escape(str(cfg.get('evaluator')))}</code>; method {cfg.get('method')}, beta {cfg.get('beta')}, lr {cfg.get('lr')}, {cfg.get('n_train_prompts')} train prompts x {cfg.get('n_responses')} responses (DPO on {html.escape(str(cfg.get('dpo_pairs', 'all')))} pairs), {cfg.get('n_eval_prompts')} held-out prompts x {cfg.get('eval_samples')} samples, max {cfg.get('max_new_tokens')} new tokens.</p>")
+        parts.append(f"<h2>{html.escape(name)}</h2><p>run <code>{html.escape(d['run_dir'])}</code>; labeler <code>{html.escape(str(cfg.get('labeler')))}</code>" + (f" (LLM: {html.escape(str(cfg.get('label', {}).get('backend', {}).get('model')))})" if cfg.get("labeler") == "llm" else "") + f"; evaluator <code>{html.escape(str(cfg.get('evaluator')))}</code>; method {cfg.get('method')}, {_trainer_settings(cfg)}, {cfg.get('n_train_prompts')} train prompts x {cfg.get('n_responses')} responses (DPO on {html.escape(str(cfg.get('dpo_pairs', 'all')))} pairs), {cfg.get('n_eval_prompts')} held-out prompts x {cfg.get('eval_samples')} samples, max {cfg.get('max_new_tokens')} new tokens.</p>")
         if d.get("labeler_temperature"):
             t = d["labeler_temperature"]
             parts.append(f"<p>Labeler temperature T = {t['temperature']:.3f} fitted on {t['n_gold']} gold pairs (gold accuracy {_pct(t.get('gold_accuracy'))}).</p>")
