@@ -16,8 +16,8 @@ import json
 import os
 import threading
 import time
-from dataclasses import dataclass, field
 from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import pyarrow as pa

@@ -119,7 +119,7 @@ class Constitution(StrictModel):
 
     def sample_choices(self, rng: random.Random, k: int) -> list[ChoicePrinciple]:
         if not self.choice:
-            raise ConfigError(f"constitution {self.id} has no choice principles; add a `choice:` list or label without --constitution")
+            raise ConfigError(f"constitution {self.id} has no choice principles; add a `choice:` list or label without `constitution`")
         k = min(k, len(self.choice))
         return rng.sample(self.choice, k)
 

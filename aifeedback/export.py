@@ -89,10 +89,6 @@ def check_columns(name: str, rows: list[dict], schema) -> None:
         raise AssertionError(f"export config {name!r}: columns {sorted(lost)} are built but not in its schema; add them to _schemas() or to INTERNAL_COLUMNS")
 
 
-def _assistant(text: str) -> list[dict]:
-    return [{"role": "assistant", "content": text}]
-
-
 def _label_provenance(r: dict) -> dict:
     return {
         "labeler_model": r["labeler_model"],

@@ -25,7 +25,7 @@ def load_prompts(path: str, prompt_column: str, id_column: str | None = None, li
             excluded.append(exclusion(f"row-{n}", "prompts", "invalid_row", row[1]))
             continue
         if not checked and prompt_column not in row:  # the first readable row, even after bad ones
-            raise InputError(f"no column {prompt_column!r} in {path}. Available columns: {sorted(row)}. Pass --prompt-column.")
+            raise InputError(f"no column {prompt_column!r} in {path}. Available columns: {sorted(row)}. Set `prompt_column`.")
         checked = True
         messages, reason = to_messages(row.get(prompt_column))
         if messages is None:

@@ -23,7 +23,15 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, Protocol
 
 from .backends import Backend, make_backend
-from .batches import BatchResult, Excluded, Reuse, StageJob, iter_batches, run_batch, stage_gc
+from .batches import (
+    BatchResult,
+    Excluded,
+    Reuse,
+    StageJob,
+    iter_batches,
+    run_batch,
+    stage_gc,
+)
 from .config import BackendConfig
 from .errors import ConfigError
 from .store import RunStore
@@ -233,7 +241,13 @@ def execute_stage(
     stays flat at any size. ``extra_manifest`` adds a job's own entries (a label
     job's :meth:`~aifeedback.label_stage.LabelStageJob.manifest_info`).
     """
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+    )
 
     from .provenance import git_commit, library_versions
     from .usage import summarise as usage_summary

@@ -18,10 +18,24 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from aifeedback.backends.base import BackendStats, Capabilities, ChatTokenizer, ChoiceResult, Completion, GenerationResult
-from aifeedback.config import BackendConfig, GenerateConfig, LabelConfig, ReviseConfig, SamplingConfig, build_config
-from aifeedback.errors import ConfigError
+from aifeedback.backends.base import (
+    BackendStats,
+    Capabilities,
+    ChatTokenizer,
+    ChoiceResult,
+    Completion,
+    GenerationResult,
+)
 from aifeedback.batches import Excluded, item_key, key_prefix
+from aifeedback.config import (
+    BackendConfig,
+    GenerateConfig,
+    LabelConfig,
+    ReviseConfig,
+    SamplingConfig,
+    build_config,
+)
+from aifeedback.errors import ConfigError
 from aifeedback.stage import backend_override
 from aifeedback.store import RunStore
 from aifeedback.usage import cost

@@ -6,9 +6,8 @@ from pathlib import Path
 
 from aifeedback.config import GenerateConfig, build_config
 from aifeedback.generation import GenerateJob, load_prompts
-from aifeedback.store import RunStore
-
 from aifeedback.stage import execute_stage
+from aifeedback.store import RunStore
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_PROMPTS = REPO / "data" / "prompts" / "prompts.jsonl"

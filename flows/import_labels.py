@@ -16,7 +16,6 @@ from labelers.job import load_pairs, pairs_from_responses
 from labelers.stage import LabelStage
 
 
-
 def run_import_labels(
     run_dir: str,
     verdicts: str,

@@ -11,7 +11,18 @@ from __future__ import annotations
 
 from prefect import flow
 
-from . import agreement, demo, export, generate, import_labels, label, loop, pipeline, revise, train
+from . import (
+    agreement,
+    demo,
+    export,
+    generate,
+    import_labels,
+    label,
+    loop,
+    pipeline,
+    revise,
+    train,
+)
 
 generate_flow = flow(name="generate", log_prints=True)(generate.run_generate)
 revise_flow = flow(name="revise", log_prints=True)(revise.run_revise)

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import pyarrow as pa
+
 from aifeedback.config import ReviseConfig, build_config
 from aifeedback.revision import ReviseJob, revision_pairs, sft_rows
-from aifeedback.store import RunStore
-
 from aifeedback.stage import execute_stage
+from aifeedback.store import RunStore
 
 
 def run_revise(run_dir: str = "runs/default", config_path: str | None = None, overrides: dict | None = None, max_batches: int | None = None) -> dict:

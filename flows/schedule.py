@@ -16,16 +16,16 @@ from aifeedback.errors import ConfigError
 # Every flow, by its Prefect flow name: the one list that `aifeedback schedule`, `aifeedback runs`
 # and prefect.yaml's entrypoints go by (tests/test_schedule.py checks the README and prefect.yaml against it).
 FLOWS = {
-    "generate": "flows.generate:generate_flow",
-    "revise": "flows.revise:revise_flow",
-    "label": "flows.label:label_flow",
-    "pipeline": "flows.pipeline:pipeline_flow",
-    "agreement": "flows.agreement:agreement_flow",
-    "export": "flows.export:export_flow",
-    "demo": "flows.demo:demo_flow",
-    "train-rm": "flows.train:train_rm_flow",
-    "train-rl": "flows.train:train_rl_flow",
-    "train-dpo": "flows.train:train_dpo_flow",
+    "generate": "flows.prefect_flows:generate_flow",
+    "revise": "flows.prefect_flows:revise_flow",
+    "label": "flows.prefect_flows:label_flow",
+    "pipeline": "flows.prefect_flows:pipeline_flow",
+    "agreement": "flows.prefect_flows:agreement_flow",
+    "export": "flows.prefect_flows:export_flow",
+    "demo": "flows.prefect_flows:demo_flow",
+    "train-rm": "flows.prefect_flows:train_rm_flow",
+    "train-rl": "flows.prefect_flows:train_rl_flow",
+    "train-dpo": "flows.prefect_flows:train_dpo_flow",
 }
 
 NEED_SERVER = (

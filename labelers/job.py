@@ -9,13 +9,13 @@ from dataclasses import dataclass, field
 
 import pyarrow as pa
 
+from aifeedback.batches import Excluded
 from aifeedback.config import LabelConfig
 from aifeedback.constitution import Constitution, load_constitution
 from aifeedback.errors import InputError
 from aifeedback.io import iter_rows, to_messages
 from aifeedback.preference import Derivation
 from aifeedback.records import LABEL_OUTPUTS, exclusion, stable_id
-from aifeedback.batches import Excluded
 from aifeedback.stage import cached_backend
 from aifeedback.store import RunStore
 
@@ -41,7 +41,7 @@ def iter_pairs(cfg: LabelConfig) -> Iterator[dict | Excluded]:
             if missing:
                 raise InputError(
                     f"no column(s) {missing} in {cfg.input}. Available columns: {sorted(row)}. "
-                    "Pass --prompt-column / --response-a-column / --response-b-column."
+                    "Set `prompt_column`, `response_a_column` and `response_b_column`."
                 )
         rid = row.get(cfg.id_column) if cfg.id_column else None
         prompt = row.get(cfg.prompt_column)

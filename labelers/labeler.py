@@ -44,9 +44,9 @@ class Labeler:
     def __init__(self, backend: Backend, cfg: LabelConfig, template: Template, constitution: Constitution | None = None):
         self.backend, self.cfg, self.template, self.constitution = backend, cfg, template, constitution
         if cfg.method == "pairwise" and template.kind != "pairwise":
-            raise ConfigError(f"method pairwise needs a pairwise template, got {template.id} ({template.kind}); pass --set template=pairwise or a pairwise template file")
+            raise ConfigError(f"method pairwise needs a pairwise template, got {template.id} ({template.kind}); set `template` to pairwise or a pairwise template file")
         if cfg.method == "pointwise" and template.kind != "pointwise":
-            raise ConfigError(f"method pointwise needs a pointwise template, got {template.id} ({template.kind}); pass --set template=pointwise or a pointwise template file")
+            raise ConfigError(f"method pointwise needs a pointwise template, got {template.id} ({template.kind}); set `template` to pointwise or a pointwise template file")
         self.model_seconds = 0.0  # time spent inside backend calls
         self.calls = 0  # backend calls made by this labeler (not the backend's shared counters: threads share a backend)
         self.retries = 0  # retries reported by those calls' results

@@ -250,7 +250,7 @@ def read_gold(path: str | Path) -> list[dict]:
 def rm_label_job(labeler: str, cfg, gold: str | None = None) -> RMLabelJob:
     """The label stage's RM job for ``--labeler rm:PATH`` and a LabelConfig (tie margin, seed; temperature unless gold is given)."""
     if not labeler.startswith("rm:") or len(labeler) <= 3:
-        raise InputError(f"--labeler must be llm or rm:PATH (a reward model folder), got {labeler!r}")
+        raise InputError(f"`labeler` must be llm or rm:PATH (a reward model folder), got {labeler!r}")
     path = labeler[3:]
     t = fit_rm_temperature(cached_scorer(path), read_gold(gold))["temperature"] if gold else cfg.temperature
     return RMLabelJob(path, temperature=t, tie_margin=cfg.tie_margin, seed=cfg.seed)

@@ -246,6 +246,24 @@ def test_multi_token_candidates(engine, request, ref):
         assert all(sp.prompt_logprobs is None and sp.logprob_token_ids for call in b.llm.calls for _, sp in call)
 
 
+def test_many_candidates_split_across_requests(backend, ref):
+    """More candidate tokens than max_logprobs (20): the ids are listed 20 at a time, each still exact."""
+    p = judge_prompts()[1]
+    ids = ref.ids(p.messages, p.answer_prefix)
+    words = []
+    for t in ref.next_lp(ids).argsort().tolist():  # least likely first: far outside any top-k
+        text = ref.tok.decode([t])
+        if text.startswith(" ") and text.strip().isalpha() and ref.spellings(text) == [[t]]:
+            words.append(text)
+        if len(words) == 45:
+            break
+    backend.llm.calls.clear()
+    (r,) = backend.choice_probs([p], words)
+    assert r.logprobs == pytest.approx([float(ref.next_lp(ids)[ref.spellings(w)[0][0]]) for w in words], abs=1e-5)
+    (call,) = backend.llm.calls
+    assert [len(sp.logprob_token_ids) for _, sp in call] == [20, 20, 5] and all(req == ids for req, _ in call)
+
+
 def test_agrees_with_the_transformers_backend(backend, tiny):
     """The same weights through both backends: one definition of a candidate's probability."""
     from aifeedback.backends import make_backend

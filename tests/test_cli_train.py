@@ -94,6 +94,8 @@ def test_train_rl_with_a_reward_model(tmp_path, tiny):
         (["train-dpo", "--out", "x", "--set", "beta=two"], ["invalid DPOTrainConfig", "beta", "'two'"]),
         (["train-dpo", "--out", "x", "--config", "no-such.yaml"], ["config file no-such.yaml does not exist"]),
         (["generate", "--base-url", "http://127.0.0.1:8000/v1"], ["'backend.base_url' is a setting of the openai backend", "--backend openai"]),
+        (["loop", "--set", "beta=0.2"], ["invalid LoopConfig", "beta moved to dpo.beta (method grpo: grpo.kl_beta)", "--set dpo.beta=0.2"]),
+        (["loop", "--set", "grpo.num_generations=3"], ["invalid LoopConfig", "grpo.num_generations is set by the loop, from n_responses"]),
     ],
 )
 def test_a_bad_flag_is_one_line_and_exit_2_before_anything_runs(args, words, tmp_path, monkeypatch):

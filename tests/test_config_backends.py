@@ -66,7 +66,7 @@ def test_a_key_of_another_kind_is_an_error_naming_its_kind(kind, key, value, own
         build_config(LabelConfig, None, parse_overrides([f"backend.kind={kind}", f"backend.{key}={value}"]))
     msg = str(err.value)
     assert f"'backend.{key}' is a setting of the {owner} backend, not of backend kind '{kind}'" in msg
-    assert f"set backend.kind={owner}" in msg and "\n" not in msg
+    assert f"set `backend.kind` to {owner}" in msg and "\n" not in msg
     with pytest.raises(ValidationError, match="Extra inputs are not permitted"):
         BackendConfig(kind=kind, **{key: value})
 

@@ -112,11 +112,11 @@ def test_prefect_yaml_deployments_load_and_validate():
 
             CronSchedule(cron=sched["cron"], timezone=sched.get("timezone"))
         names.add(dep["entrypoint"])
-    assert {"flows.label:run_label", "flows.pipeline:run_pipeline"} <= names
+    assert {"flows.prefect_flows:label_flow", "flows.prefect_flows:pipeline_flow"} <= names
     from prefect.exceptions import SignatureMismatchError
 
     with pytest.raises(SignatureMismatchError, match="no_such_parameter"):
-        importlib.import_module("flows.label").run_label.validate_parameters({"run_dir": "x", "no_such_parameter": 1})
+        importlib.import_module("flows.prefect_flows").label_flow.validate_parameters({"run_dir": "x", "no_such_parameter": 1})
 
 
 def test_schedule_parameters_fit_every_flow(tmp_path):

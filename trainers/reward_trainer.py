@@ -115,14 +115,20 @@ class RewardTrainer:
             path = resolve(cfg.backbone).path
             tokenizer = AutoTokenizer.from_pretrained(path)
             model = AutoModelForSequenceClassification.from_pretrained(path, num_labels=2 if cfg.length_head else 1)
-        self.model, self.tok = model, tokenizer
+        # a GPU when present, in bf16 autocast (fp32 weights); the losses are computed on CPU from the returned rewards
+        self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        self.amp = self.device.type == "cuda" and torch.cuda.is_bf16_supported()
+        self.model, self.tok = model.to(self.device), tokenizer
         if self.model.config.pad_token_id is None and self.tok.pad_token_id is not None:
             self.model.config.pad_token_id = self.tok.pad_token_id
 
     def outputs(self, prompts: list[str], responses: list[str]):
         """All heads: shape (n, 1), or (n, 2) with the ODIN length head (column 0 is quality)."""
-        enc = self.tok(prompts, responses, truncation="longest_first", max_length=self.cfg.max_length, padding=True, return_tensors="pt")
-        return self.model(**enc).logits
+        import torch
+
+        enc = self.tok(prompts, responses, truncation="longest_first", max_length=self.cfg.max_length, padding=True, return_tensors="pt").to(self.device)
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.amp):
+            return self.model(**enc).logits.float().cpu()  # differentiable: gradients flow back to the device
 
     def rewards(self, prompts: list[str], responses: list[str]):
         """The reward: the quality head (output 0)."""

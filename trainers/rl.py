@@ -70,8 +70,12 @@ def load_policy(model_id: str):
 
 
 def _trl_args(out_dir: str, lr: float, seed: int) -> dict:
-    """Arguments every TRL trainer here shares: CPU-safe fp32, no hub, no checkpoints, a log line per step."""
-    return dict(output_dir=out_dir, use_cpu=True, report_to=[], logging_steps=1, save_strategy="no", bf16=False, learning_rate=lr, seed=seed)
+    """Arguments every TRL trainer here shares: a GPU with bf16 mixed precision when present, else CPU fp32;
+    no hub, no checkpoints, a log line per step."""
+    import torch
+
+    cuda = torch.cuda.is_available()
+    return dict(output_dir=out_dir, use_cpu=not cuda, report_to=[], logging_steps=1, save_strategy="no", bf16=cuda and torch.cuda.is_bf16_supported(), learning_rate=lr, seed=seed)
 
 
 def train_grpo(cfg: RLConfig, prompts: list[list[dict]], out_dir: str, reward_fn: Callable | None = None, model=None, tokenizer=None) -> dict:

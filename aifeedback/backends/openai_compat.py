@@ -100,7 +100,7 @@ class OpenAIBackend:
 
     def __init__(self, cfg: BackendConfig):
         if not cfg.base_url:
-            raise BackendError("the openai backend needs backend.base_url, e.g. --set backend.base_url=http://127.0.0.1:8000/v1")
+            raise BackendError("the openai backend needs `backend.base_url`, e.g. http://127.0.0.1:8000/v1")
         self.cfg = cfg
         self.model_id = cfg.model
         self.base_url = cfg.base_url

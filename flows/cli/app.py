@@ -40,11 +40,6 @@ def _options(
     STATE["debug"], STATE["prefect"] = debug, prefect
 
 
-def for_command(cls: type | None, flags: dict[str, str]) -> None:
-    """Record the running command's config class and its flag per dotted key, so errors name what the user can type."""
-    STATE["config"], STATE["flags"] = cls, flags
-
-
 def _raised_in_our_code(exc: BaseException) -> bool:
     """Whether the innermost frame of ``exc`` is in this project's packages (not in a library)."""
     tb = exc.__traceback__
@@ -171,8 +166,18 @@ Sets = typer.Option(None, "--set", help="Override any config key: --set sampling
 
 
 def overrides_from(cls: type, params: dict) -> dict:
-    """Overrides from a command's config options: the parameters named by a key of ``cls`` (``sampling__n``) that were given."""
+    """Overrides from a command's config options: the parameters named by a key of ``cls`` (``sampling__n``) that were given.
+
+    Also records the command's config class and its flag for each key, so errors name what the user can type (:func:`with_flags`).
+    """
+    from typer.main import get_current_context  # typer's own click
+
     from aifeedback.config import _set_dotted
+
+    ctx = get_current_context(silent=True)
+    if ctx is not None:
+        opts = [p for p in ctx.command.params if p.param_type_name == "option"]
+        STATE["config"], STATE["flags"] = cls, {p.name.replace("__", "."): p.opts[0] for p in opts if field_of(cls, p.name.replace("__", ".")) is not None}
 
     out: dict = {}
     for name, value in params.items():

@@ -13,7 +13,7 @@ from rich.table import Table
 
 from flows.schedule import FLOWS
 
-from .app import ConfigPath, RunDir, Sets, app, console, fail, run_flow, user_errors
+from .app import ConfigPath, RunDir, Sets, app, console, user_errors
 
 
 @app.command()
@@ -147,9 +147,8 @@ def schedule(
 ) -> None:
     """Serve a scheduled deployment of a flow here (on PREFECT_API_URL, else the shared local server; Ctrl-C stops)."""
     from aifeedback.config import parse_overrides
-    from flows.schedule import flow_parameters, serve_flow
-
     from aifeedback.prefect_server import command_api
+    from flows.schedule import flow_parameters, serve_flow
 
     with user_errors(), command_api():  # the configured API, else the shared local server, which can fire schedules
         params = flow_parameters(flow, run_dir, str(config) if config else None, parse_overrides(set_))

@@ -16,7 +16,14 @@ from typing import Any, Optional
 
 import typer
 
-from aifeedback.config import BackendConfig, GenerateConfig, LabelConfig, OpenAIBackendConfig, ReviseConfig, field_of
+from aifeedback.config import (
+    BackendConfig,
+    GenerateConfig,
+    LabelConfig,
+    OpenAIBackendConfig,
+    ReviseConfig,
+    field_of,
+)
 from trainers.loop.config import LoopConfig
 
 from .app import ConfigPath, RunDir, Sets

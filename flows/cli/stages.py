@@ -11,7 +11,18 @@ import typer
 from aifeedback.config import LabelConfig
 from aifeedback.errors import ConfigError
 
-from .app import ConfigPath, RunDir, Sets, app, checked_config, console, for_command, opt, overrides_from, run_flow, summary, user_errors
+from .app import (
+    ConfigPath,
+    RunDir,
+    Sets,
+    app,
+    checked_config,
+    opt,
+    overrides_from,
+    run_flow,
+    summary,
+    user_errors,
+)
 from .options import STAGES, Stage, stage_command
 
 # what each stage passes to its function besides run_dir, config_path, overrides and max_batches
@@ -19,7 +30,6 @@ _EXTRA = {"label": ("runner", "workers", "ray_address")}
 
 
 def _run_stage(stage: Stage, kw: dict) -> None:
-    for_command(stage.config, stage.flags())
     with user_errors():
         cfg = checked_config(stage.config, kw["config"], kw["set_"], overrides_from(stage.config, kw))
         labeler, gold = kw.get("labeler"), kw.get("gold")
@@ -66,7 +76,6 @@ def import_labels(
     set_: Optional[list[str]] = Sets,
 ) -> None:
     """Bring a judge's verdicts (a hosted LLM, PandaLM...) into a run as AI labels, with the judge as provenance."""
-    for_command(LabelConfig, {"input": "--input"})
     with user_errors():
         cfg = checked_config(LabelConfig, config, set_, overrides_from(LabelConfig, locals()))
     run_flow("flows.import_labels", "run_import_labels", run_dir=run_dir, verdicts=verdicts, judge=judge, **cfg, id_column=id_column, label_column=label_column, prob_column=prob_column, id_prefix=id_prefix)

@@ -12,7 +12,17 @@ from trainers.loop.config import LoopConfig
 from trainers.reward_config import RewardConfig
 from trainers.rl_config import DPOTrainConfig, RLConfig
 
-from .app import ConfigPath, RunDir, Sets, app, checked_config, for_command, opt, overrides_from, run_flow, user_errors
+from .app import (
+    ConfigPath,
+    RunDir,
+    Sets,
+    app,
+    checked_config,
+    opt,
+    overrides_from,
+    run_flow,
+    user_errors,
+)
 
 
 @app.command("train-rm")

@@ -159,8 +159,11 @@ class TransformersBackend:
         results: list[ChoiceResult | None] = [None] * len(encoded)
         seqs = [e[0] for e in encoded]
         strategy = self.cfg.score_strategy
+        rows_cap, tokens_cap = self.cfg.score_batch_size, self.cfg.score_batch_tokens
         if strategy == "auto":
             strategy = "batched" if self.device.type == "cuda" else "varlen"
+            if strategy == "batched":
+                rows_cap, tokens_cap = self.device_score_batch()
         with self._lock:
             if strategy == "varlen" and not varlen_supported(self, variants):
                 strategy = "grouped"
@@ -169,7 +172,7 @@ class TransformersBackend:
             elif strategy == "varlen":
                 plan = [(list(range(len(seqs))), score_varlen(self, seqs, variants))]
             else:
-                chunks = score_chunks(seqs, self.cfg.score_batch_size, self.cfg.score_batch_tokens)
+                chunks = score_chunks(seqs, rows_cap, tokens_cap)  # sorted by length: little padding
                 plan = [(chunk, score_batched(self, [seqs[i] for i in chunk], variants)) for chunk in chunks]
             for chunk, seq_lp in plan:
                 for i, lps in zip(chunk, seq_lp):
@@ -178,6 +181,30 @@ class TransformersBackend:
         self.stats.prompts_scored += len(prompts)
         usage.record(sum(len(e[0]) for e in encoded), 0, requests=len(prompts))  # scoring reads log-probs: no completion tokens
         return results
+
+    def device_score_batch(self) -> tuple[int, int]:
+        """(rows, padded tokens) per scoring pass for ``auto`` on a GPU: sized by the device's free memory, not
+        the CPU's 12,288 tokens, unless score_batch_size / score_batch_tokens were set. A token of a pass holds
+        its keys and values in every layer and, transiently, one layer's activations (hidden and MLP width);
+        a quarter of the free memory goes to them."""
+        import torch
+
+        c = self.model.config
+        set_ = self.cfg.model_fields_set
+        rows, tokens = self.cfg.score_batch_size, self.cfg.score_batch_tokens
+        if self.device.type != "cuda" or ("score_batch_size" in set_ and "score_batch_tokens" in set_):
+            return rows, tokens
+        free, _ = torch.cuda.mem_get_info(self.device)
+        elem = next(self.model.parameters()).element_size()
+        heads = getattr(c, "num_key_value_heads", None) or c.num_attention_heads
+        head_dim = getattr(c, "head_dim", None) or c.hidden_size // c.num_attention_heads
+        per_token = elem * (2 * c.num_hidden_layers * heads * head_dim + 4 * c.hidden_size + 3 * getattr(c, "intermediate_size", 4 * c.hidden_size))
+        fit = int(free * 0.25 // per_token)
+        if "score_batch_tokens" not in set_:
+            tokens = max(self.cfg.score_batch_tokens, min(fit, 262144))
+        if "score_batch_size" not in set_:
+            rows = max(self.cfg.score_batch_size, min(1024, tokens // 128))
+        return rows, tokens
 
     def close(self) -> None:
         pass

@@ -3,7 +3,15 @@ the whole decode and per-row seeded sampling. ``model.generate`` spends most of 
 bookkeeping on CPU.
 
 :meth:`TransformersBackend.sample_tokens` cuts the micro-batches and holds the backend's lock; :func:`decode`
-runs one of them.
+runs one of them, on one of two paths:
+
+* CPU (:func:`decode_cpu`): a ``torch.Generator`` per row, the draws of every release so far (seeded outputs
+  unchanged), with the nucleus from each row's top 256 tokens.
+* GPU (:func:`decode_on_device`): nothing leaves the device until the end. Temperature, top-p, the draw and the
+  stop check run batched on the device; the host looks at the stop flags only every ``SYNC_EVERY`` steps.
+  Each row's draw is an exponential race whose noise is a hash of (row seed, step, token id), so a seeded row
+  draws the same tokens whatever its batch. Its draws differ from the CPU path's (another random stream),
+  so a seed gives one text on CPU and another on a GPU, as the kernels' last bits already did.
 """
 
 from __future__ import annotations
@@ -16,8 +24,21 @@ if TYPE_CHECKING:
     from .backend import TransformersBackend
 
 
+SYNC_EVERY = 16  # device path: steps between looks at the stop flags (the only host round trip)
+
+
 def decode(backend: TransformersBackend, prompts: list[list[int]], params: SamplingConfig, seeds: list[int | None]) -> list[tuple[list[int], str]]:
-    """Decode one micro-batch of tokenised prompts: (generated ids without the stop token, finish reason) per prompt."""
+    """Decode one micro-batch of tokenised prompts: (generated ids without the stop token, finish reason) per prompt.
+
+    The device path runs where the model is not on CPU; ``backend.device_decode`` (True/False) forces a path."""
+    on_device = getattr(backend, "device_decode", None)
+    if on_device is None:
+        on_device = backend.device.type != "cpu"
+    return (decode_on_device if on_device else decode_cpu)(backend, prompts, params, seeds)
+
+
+def decode_cpu(backend: TransformersBackend, prompts: list[list[int]], params: SamplingConfig, seeds: list[int | None]) -> list[tuple[list[int], str]]:
+    """The CPU path: per-row ``torch.Generator`` draws, one host look per step (cheap on CPU)."""
     import torch
     from transformers import DynamicCache
 
@@ -55,6 +76,90 @@ def decode(backend: TransformersBackend, prompts: list[list[int]], params: Sampl
             pos = pos[:, -1:] + 1
             logits = backend.forward(nxt[:, None], mask, pos, cache, count=False).cpu()
     return [(out_tokens[b], finish[b]) for b in range(B)]
+
+
+def decode_on_device(backend: TransformersBackend, prompts: list[list[int]], params: SamplingConfig, seeds: list[int | None]) -> list[tuple[list[int], str]]:
+    """The GPU path: sampling, the stop check and the generated ids stay on the model's device; one copy at the end."""
+    import torch
+    from transformers import DynamicCache
+
+    dev = backend.device
+    B, T = len(prompts), params.max_new_tokens
+    ids, mask = left_pad(prompts, backend.pad_id)
+    L = ids.shape[1]
+    full_mask = torch.ones((B, L + T), dtype=torch.long, device=dev)  # the mask of the whole decode, sliced per step
+    full_mask[:, :L] = mask.to(dev)
+    pos = (mask.cumsum(-1) - 1).clamp(min=0).to(dev)
+    keys = row_keys(torch.tensor([(s if s is not None else 0) & MASK32 for s in seeds], dtype=torch.int64, device=dev))
+    eos = torch.tensor(sorted(backend.eos_set) or [-1], dtype=torch.long, device=dev)
+    pad = torch.tensor(backend.pad_id, dtype=torch.long, device=dev)
+    out = torch.full((B, T), backend.pad_id, dtype=torch.long, device=dev)
+    length = torch.full((B,), T, dtype=torch.long, device=dev)  # tokens kept per row (the stop token is not)
+    finished = torch.zeros(B, dtype=torch.bool, device=dev)
+    cache = DynamicCache()
+    cache.layers = [reserved_layer(L + T) for _ in range(backend.model.config.num_hidden_layers)]
+    cache.layer_class_to_replicate = None
+    with torch.inference_mode():
+        logits = backend.forward(ids.to(dev), full_mask[:, :L], pos, cache, count=False)
+        for step in range(T):
+            nxt = torch.where(finished, pad, sample_on_device(logits, params, keys, step))
+            hit = torch.isin(nxt, eos) & ~finished
+            length = torch.where(hit, step, length)
+            finished = finished | hit
+            out[:, step] = torch.where(finished, pad, nxt)
+            if step == T - 1 or ((step + 1) % SYNC_EVERY == 0 and bool(finished.all())):
+                break
+            pos = pos[:, -1:] + 1
+            logits = backend.forward(nxt[:, None], full_mask[:, : L + step + 1], pos, cache, count=False)
+    stopped = (length < T).cpu().tolist()
+    out_l, length_l = out.cpu().tolist(), length.cpu().tolist()
+    return [(out_l[b][: length_l[b]], "stop" if stopped[b] else "length") for b in range(B)]
+
+
+MASK32 = 0xFFFFFFFF
+
+
+def hash32(x):
+    """A 32-bit integer mix (xorshift-multiply) of int64 tensors holding values in [0, 2^32); the multipliers are
+    below 2^31, so no product overflows int64 and CPU and CUDA give the same bits."""
+    x = x ^ (x >> 16)
+    x = (x * 0x7FEB352D) & MASK32
+    x = x ^ (x >> 15)
+    x = (x * 0x68E31DA5) & MASK32
+    return x ^ (x >> 16)
+
+
+def row_keys(seeds):
+    """Per-row keys (B,) from 32-bit seeds."""
+    return hash32(hash32(seeds) ^ 0x5BD1E995)
+
+
+def exp_noise(keys, step: int, token_ids):
+    """Exp(1) noise (B, K) for ``token_ids`` (B, K) or (1, K): a function of (row key, step, token id) only."""
+    import torch
+
+    k = hash32(hash32((keys + step * 0x9E3779B) & MASK32) ^ 0x2545F491)[:, None]  # (B, 1): this row at this step, well mixed
+    h = hash32((k + token_ids * 0x61C88647) & MASK32)  # one round per token: the (B, vocab) part, kept short
+    u = (h >> 8).to(torch.float32) * (1.0 / (1 << 24)) + (0.5 / (1 << 24))  # in (0, 1)
+    return -torch.log(u)
+
+
+def sample_on_device(logits, params: SamplingConfig, keys, step: int):
+    """The next token of each row (B,), batched with no host round trip: argmax at temperature 0, else an
+    exponential race (argmax of p / E, E ~ Exp(1), which draws token i with probability p_i) over the nucleus
+    (the fewest most likely tokens holding ``top_p``, from a full sort, as a sequential draw would)."""
+    import torch
+
+    if params.temperature == 0:
+        return logits.argmax(-1)
+    probs = torch.softmax(logits / params.temperature, dim=-1)
+    if params.top_p < 1.0:
+        sp, si = probs.sort(dim=-1, descending=True)
+        keep = (sp.cumsum(-1) - sp) < params.top_p
+        score = torch.where(keep, sp / exp_noise(keys, step, si), -1.0)
+        return si.gather(-1, score.argmax(-1, keepdim=True))[:, 0]
+    V = probs.shape[-1]
+    return (probs / exp_noise(keys, step, torch.arange(V, device=probs.device)[None])).argmax(-1)
 
 
 def sample_next(logits, params: SamplingConfig, gens):

@@ -1,0 +1,194 @@
+"""The transformers backend and the trainers on a GPU (issue 26), on tiny Llama models built from a config.
+
+Tests marked ``gpu`` run only where CUDA is present. The device decoder's sampling (the path a GPU takes) is
+also tested here on CPU, unmarked: it is plain torch and gives the same draws on any device.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+
+from aifeedback.backends.base import ScoringPrompt
+from aifeedback.config import SamplingConfig
+
+CUDA = torch.cuda.is_available()
+gpu = pytest.mark.skipif(not CUDA, reason="needs a CUDA device")
+REPO = Path(__file__).resolve().parents[1]
+TOK_FILES = ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja", "generation_config.json")
+
+
+def _tok_dir() -> Path:
+    """The embedded SmolLM2 tokenizer's files: bench/gpu.py's assets (carried to a GPU machine), else the converted model."""
+    for d in (REPO / ".aif-cache" / "gpu-bench" / "tok",):
+        if (d / "tokenizer.json").is_file():
+            return d
+    from aifeedback.models import resolve
+
+    return resolve("embedded/smollm2-135m-instruct").path
+
+
+@pytest.fixture(scope="module")
+def tiny_dir(tmp_path_factory) -> Path:
+    """A folder holding a tiny random Llama (fp32) and the embedded tokenizer, loadable by the backend."""
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    src = _tok_dir()
+    d = tmp_path_factory.mktemp("tiny-llama")
+    tok = AutoTokenizer.from_pretrained(src)
+    cfg = LlamaConfig(vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                      head_dim=16, max_position_embeddings=2048, tie_word_embeddings=True, pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id)
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(cfg)
+    with torch.no_grad():  # sharper than the default init, so the draws are not near-uniform
+        model.model.embed_tokens.weight.mul_(25)
+    model.save_pretrained(d)
+    for f in TOK_FILES:
+        if (src / f).is_file():
+            shutil.copyfile(src / f, d / f)
+    return d
+
+
+def _backend(d: Path, device: str, **kw):
+    from aifeedback.backends.transformers import TransformersBackend
+    from aifeedback.config import TransformersBackendConfig
+
+    return TransformersBackend(TransformersBackendConfig(model=str(d), device=device, dtype="float32", **kw))
+
+
+def _pair_prompts(n: int = 6) -> list[ScoringPrompt]:
+    pre = "Compare the two answers and say which is better.\n\n"
+    out = []
+    for i in range(n):
+        q, a, b = f"Question {i}: what is {i}+{i}?" + " Please explain." * (i % 3), str(2 * i), f"{2 * i + 1}, and here is why." * (1 + i % 2)
+        for x, y in ((a, b), (b, a)):
+            out.append(ScoringPrompt([{"role": "user", "content": f"{pre}{q}\nAnswer 1: {x}\nAnswer 2: {y}\nWhich answer is better, 1 or 2?"}], "Better answer:"))
+    return out
+
+
+# ------------------------------------------------------------------ the device sampler, on any device (CPU here)
+def test_exponential_race_draws_from_the_nucleus():
+    from aifeedback.backends.transformers.decoding import row_keys, sample_on_device
+
+    p = torch.tensor([[0.5, 0.3, 0.15, 0.05]])
+    n = 40000
+    keys = row_keys(torch.arange(n, dtype=torch.int64))
+    full = torch.bincount(sample_on_device(p.log().repeat(n, 1), SamplingConfig(temperature=1.0, top_p=1.0), keys, 0), minlength=4) / n
+    assert torch.allclose(full, p[0], atol=0.01)
+    nucleus = torch.bincount(sample_on_device(p.log().repeat(n, 1), SamplingConfig(temperature=1.0, top_p=0.9), keys, 5), minlength=4) / n
+    assert nucleus[3] == 0 and torch.allclose(nucleus[:3], p[0, :3] / 0.95, atol=0.01)
+
+
+def test_device_draw_of_a_row_does_not_depend_on_its_batch():
+    from aifeedback.backends.transformers.decoding import row_keys, sample_on_device
+
+    g = torch.Generator().manual_seed(0)
+    logits = torch.randn(8, 5000, generator=g) * 3
+    keys = row_keys(torch.arange(100, 108, dtype=torch.int64))
+    params = SamplingConfig(temperature=0.7, top_p=0.95)
+    for step in range(5):
+        both = sample_on_device(logits, params, keys, step)
+        alone = torch.cat([sample_on_device(logits[i : i + 1], params, keys[i : i + 1], step) for i in range(8)])
+        assert torch.equal(both, alone)
+    assert len({int(sample_on_device(logits[:1], params, keys[:1], s)) for s in range(20)}) > 3  # random, not the argmax
+
+
+def _decode_rows(d: Path, device: str, on_device: bool, batch: int, params: SamplingConfig, prompts, seeds):
+    b = _backend(d, device, gen_batch_size=batch)
+    b.device_decode = on_device
+    return b.sample_tokens(prompts, params, seeds)
+
+
+def test_device_decoder_on_cpu_is_seeded_per_row_and_greedy_matches_the_cpu_path(tiny_dir):
+    b = _backend(tiny_dir, "cpu")
+    prompts = [b.encode(b.render([{"role": "user", "content": f"Tell me about the number {i}." * (1 + i % 3)}])) for i in range(6)]
+    params = SamplingConfig(max_new_tokens=12, temperature=0.8, top_p=0.9)
+    seeds = [11, 12, 13, 14, 15, 16]
+    big = _decode_rows(tiny_dir, "cpu", True, 6, params, prompts, seeds)
+    small = _decode_rows(tiny_dir, "cpu", True, 2, params, prompts, seeds)
+    assert big == small
+    assert len({tuple(t) for t, _ in big}) > 1
+    greedy = SamplingConfig(max_new_tokens=12, temperature=0)
+    assert _decode_rows(tiny_dir, "cpu", True, 6, greedy, prompts, seeds) == _decode_rows(tiny_dir, "cpu", False, 6, greedy, prompts, seeds)
+
+
+# ------------------------------------------------------------------ on a GPU
+@pytest.mark.gpu
+@gpu
+@pytest.mark.parametrize("strategy", ["auto", "batched", "grouped", "varlen"])
+def test_cuda_scoring_agrees_with_cpu(tiny_dir, strategy):
+    prompts = _pair_prompts()
+    ref = _backend(tiny_dir, "cpu", score_strategy="varlen").choice_probs(prompts, ["1", "2"])
+    got = _backend(tiny_dir, "cuda", score_strategy=strategy).choice_probs(prompts, ["1", "2"])
+    diff = max(abs(a - b) for r, g in zip(ref, got) for a, b in zip(r.probs, g.probs))
+    assert diff <= 1e-3, f"{strategy}: max |dp| {diff}"
+
+
+@pytest.mark.gpu
+@gpu
+def test_cuda_auto_sizes_batches_by_device_memory(tiny_dir):
+    rows, tokens = _backend(tiny_dir, "cuda").device_score_batch()
+    assert tokens > 12288 and rows > 32
+    assert _backend(tiny_dir, "cuda", score_batch_tokens=4096, score_batch_size=8).device_score_batch() == (8, 4096)
+
+
+@pytest.mark.gpu
+@gpu
+def test_cuda_decoder_seeds_reproducible_across_batch_sizes(tiny_dir):
+    b = _backend(tiny_dir, "cuda")
+    prompts = [b.encode(b.render([{"role": "user", "content": f"Say something about {i}." * (1 + i % 4)}])) for i in range(8)]
+    params = SamplingConfig(max_new_tokens=16, temperature=0.7, top_p=0.95)
+    seeds = list(range(100, 108))
+    runs = [_decode_rows(tiny_dir, "cuda", True, bs, params, prompts, seeds) for bs in (8, 3, 1)]
+    assert runs[0] == runs[1] == runs[2]
+    assert all(len(t) > 0 for t, _ in runs[0])
+
+
+@pytest.mark.gpu
+@gpu
+def test_reward_trainer_step_on_cuda():
+    from test_reward_trainer import _rows
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForSequenceClassification
+
+    from trainers.reward_config import RewardConfig
+    from trainers.reward_trainer import RewardTrainer
+
+    tok = AutoTokenizer.from_pretrained(_tok_dir())
+    cfg = LlamaConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=1,
+                      max_position_embeddings=512, pad_token_id=tok.pad_token_id, num_labels=1)
+    torch.manual_seed(0)
+    model = LlamaForSequenceClassification(cfg)
+    tr = RewardTrainer(RewardConfig(epochs=1, lr=1e-3, batch_size=8, max_length=32, max_steps=1), model, tok)
+    assert next(tr.model.parameters()).device.type == "cuda"
+    before = [p.detach().clone() for p in tr.model.parameters()]
+    res = tr.train(_rows(8))
+    assert len(res.losses) == 1 and res.losses[0] == res.losses[0]
+    assert any(not torch.equal(a, b) for a, b in zip(before, tr.model.parameters()))
+
+
+@pytest.mark.gpu
+@gpu
+def test_dpo_step_on_cuda(tmp_path):
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    from trainers.rl import train_dpo
+    from trainers.rl_config import DPOTrainConfig
+
+    tok = AutoTokenizer.from_pretrained(_tok_dir())
+    cfg = LlamaConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=1,
+                      max_position_embeddings=512, pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id)
+    torch.manual_seed(0)
+    LlamaForCausalLM(cfg).save_pretrained(tmp_path / "tiny")
+    tok.save_pretrained(tmp_path / "tiny")
+    model = LlamaForCausalLM.from_pretrained(tmp_path / "tiny")
+    rows = [{"prompt": [{"role": "user", "content": f"q{i}"}], "chosen": [{"role": "assistant", "content": "Good helpful answer."}],
+             "rejected": [{"role": "assistant", "content": "bad"}]} for i in range(4)]
+    out = train_dpo(DPOTrainConfig(max_steps=1, lr=1e-3, batch_size=2, max_length=64), rows, str(tmp_path / "out"), model=model, tokenizer=tok)
+    assert out["steps"] == 1
+    assert next(out["trainer"].model.parameters()).device.type == "cuda"
+    assert out["trainer"].args.bf16 == torch.cuda.is_bf16_supported()
+    json.dumps(out["losses"])
