@@ -1,16 +1,15 @@
-"""Time to first batch: from typing `aifeedback label` to the first batch's model call, shared vs temporary server.
+"""Time to first batch: from typing `aifeedback label` to the first batch's model call, with and without Prefect.
 
 Each command labels 4 pairs (one batch) with the embedded labeler from its
 converted cache, in a fresh process, as a user would run it. Three set-ups,
 alternating over the rounds (database made by an untimed warm-up command first):
 
-- warm: the local Prefect server every command reuses (aifeedback/prefect_server.py)
-  and the warm command host beside it (flows/warm.py), both already running
-  (`aifeedback server start`, timed once and reported apart);
-- shared: the same server with ``AIFEEDBACK_WARM=0``, so the command imports
-  torch and transformers itself;
-- temporary: ``AIFEEDBACK_PREFECT_SERVER=temporary``, Prefect's per-process
-  server (the behaviour before the shared server), in its own PREFECT_HOME.
+- local: no Prefect API configured and no shared server: the command runs
+  in-process and imports no Prefect (the default);
+- shared: a shared Prefect server already running (`aifeedback server start`,
+  timed once and reported apart): the command runs as a Prefect flow on it;
+- temporary: ``--prefect`` with ``AIFEEDBACK_PREFECT_SERVER=temporary``: a
+  Prefect flow on Prefect's per-process server, in its own PREFECT_HOME.
 
 The first model call is not visible from outside, so it is computed from the run
 store: the batch's shard is written right after its model call, so
@@ -37,12 +36,14 @@ AIF = str(Path(sys.executable).parent / "aifeedback")
 TARGET_S = 10.0
 
 
-MODES = ("warm", "shared", "temporary")
+MODES = ("local", "shared", "temporary")
 
 
 def env_for(home: Path, mode: str) -> dict:
-    env = {k: v for k, v in os.environ.items() if k not in ("PREFECT_API_URL", "AIFEEDBACK_PREFECT_SERVER", "AIFEEDBACK_WARM")}
-    env.update(PREFECT_HOME=str(home), HF_HUB_OFFLINE="1", AIFEEDBACK_PREFECT_SERVER="temporary" if mode == "temporary" else "shared", AIFEEDBACK_WARM="0" if mode == "shared" else "1")
+    env = {k: v for k, v in os.environ.items() if k not in ("PREFECT_API_URL", "AIFEEDBACK_PREFECT_SERVER", "AIFEEDBACK_PREFECT")}
+    env.update(PREFECT_HOME=str(home), HF_HUB_OFFLINE="1", AIFEEDBACK_PREFECT_SERVER="temporary" if mode == "temporary" else "shared")
+    if mode == "temporary":
+        env["AIFEEDBACK_PREFECT"] = "1"  # --prefect
     return env
 
 
@@ -67,9 +68,9 @@ def main() -> None:
     pairs = tmp / "pairs.jsonl"
     rows = [{"pair_id": f"p{i}", "prompt": f"Give me a tip for day {i}.", "response_a": "Drink water and sleep well.", "response_b": "No."} for i in range(4)]
     pairs.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    homes = {"warm": tmp / "home-shared", "shared": tmp / "home-shared", "temporary": tmp / "home-temporary"}
+    homes = {"local": tmp / "home-local", "shared": tmp / "home-shared", "temporary": tmp / "home-temporary"}
     t = time.time()
-    start = subprocess.run([AIF, "server", "start"], cwd=REPO, env=env_for(homes["warm"], "warm"), capture_output=True, text=True)
+    start = subprocess.run([AIF, "server", "start"], cwd=REPO, env=env_for(homes["shared"], "shared"), capture_output=True, text=True)
     server_start = time.time() - t
     if start.returncode != 0:
         sys.exit(f"aifeedback server start failed:\n{start.stdout}\n{start.stderr}")
@@ -83,16 +84,16 @@ def main() -> None:
                 results.append(res)
                 print(json.dumps(res), flush=True)
     finally:
-        subprocess.run([AIF, "server", "stop"], cwd=REPO, env=env_for(homes["warm"], "warm"), capture_output=True, text=True)
+        subprocess.run([AIF, "server", "stop"], cwd=REPO, env=env_for(homes["shared"], "shared"), capture_output=True, text=True)
     med = {m: {k: statistics.median(x[k] for x in results if x["mode"] == m) for k in ("wall_s", "first_model_call_s")} for m in MODES}
-    print(f"\nshared server and warm host start (once, `aifeedback server start`, new database): {server_start:.1f} s")
+    print(f"\nshared server start (once, `aifeedback server start`, new database): {server_start:.1f} s")
     print(f"4 pairs, one batch, embedded labeler; medians of {args.rounds} rounds, alternating\n")
     print("| Prefect | command to first model call, s | whole command, s |")
     print("|---|---|---|")
     for m in MODES:
         print(f"| {m} | {med[m]['first_model_call_s']:.1f} | {med[m]['wall_s']:.1f} |")
     w, s, t_ = (med[m]["first_model_call_s"] for m in MODES)
-    print(f"\nfirst model call: warm host {w:.1f} s vs shared server alone {s:.1f} s ({s / w:.2f}x) vs temporary server {t_:.1f} s ({t_ / w:.2f}x); target < {TARGET_S:.0f} s: {'met' if w < TARGET_S else 'NOT met'}")
+    print(f"\nfirst model call: local (no Prefect) {w:.1f} s vs shared server {s:.1f} s ({s / w:.2f}x) vs temporary server {t_:.1f} s ({t_ / w:.2f}x); target < {TARGET_S:.0f} s: {'met' if w < TARGET_S else 'NOT met'}")
 
 
 if __name__ == "__main__":

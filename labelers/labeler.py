@@ -13,7 +13,7 @@ import time
 from dataclasses import dataclass
 
 from aifeedback.backends import Backend
-from aifeedback.backends.base import ScoringPrompt, derive_seed, require_tokenizer
+from aifeedback.backends.base import derive_seed, require_tokenizer
 from aifeedback.config import LabelConfig, SamplingConfig
 from aifeedback.constitution import Constitution
 from aifeedback.errors import ConfigError

@@ -13,7 +13,7 @@ from rich.table import Table
 
 from flows.schedule import FLOWS
 
-from .app import ConfigPath, RunDir, Sets, app, console, user_errors
+from .app import ConfigPath, RunDir, Sets, app, console, run_flow, user_errors
 
 
 @app.command()
@@ -161,16 +161,13 @@ def demo(
     prompts: int = typer.Option(4, help="How many prompts from data/prompts."),
 ) -> None:
     """The demo on the embedded models: generate, revise, label; agreement on a human gold slice; export; a viewer page."""
-    from aifeedback.prefect_server import command_api
+    from flows.demo import show
 
+    t0 = time.perf_counter()
+    out = run_flow("flows.demo", "run_demo", show=False, run_dir=run_dir, n_prompts=prompts)  # in-process, or a Prefect flow when Prefect is configured
+    console.print(f"\n[bold green]demo pipeline finished in {time.perf_counter() - t0:.0f} s[/]. Outputs:")
+    for k, v in out.items():
+        console.print(f"  {k}: {v}", soft_wrap=True)
+    console.print()
     with user_errors():
-        from flows.demo import run_demo, show
-
-        t0 = time.perf_counter()
-        with command_api():  # recorded where `aifeedback runs` looks, like every stage command
-            out = run_demo(run_dir=run_dir, n_prompts=prompts)
-        console.print(f"\n[bold green]demo pipeline finished in {time.perf_counter() - t0:.0f} s[/]. Outputs:")
-        for k, v in out.items():
-            console.print(f"  {k}: {v}", soft_wrap=True)
-        console.print()
         show(out, console)
