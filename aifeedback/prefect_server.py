@@ -203,7 +203,7 @@ def _launch(timeout: float, port: int | None) -> dict:
     origins = f"http://{HOST}:{port},http://localhost:{port}"  # the server's own UI, under either name
     env = {k: v for k, v in os.environ.items() if k not in ("PREFECT_API_URL", "PREFECT_API_AUTH_STRING")}
     env.update(
-  # in the environment (readable by its owner only), never on the command line
+        PREFECT_SERVER_API_AUTH_STRING=auth,  # in the environment (readable by its owner only), never on the command line
         PREFECT_SERVER_API_CORS_ALLOWED_ORIGINS=origins,
         PREFECT_SERVER_API_HOST=HOST,
         PREFECT_SERVER_API_PORT=str(port),  # so the UI calls this API, not the default port

@@ -323,7 +323,6 @@ class Bench:
         self.emit(section=f"label_{shape}", profile=str(path), pairs=len(pairs))
 
     def gen_shape(self, shape: str) -> None:
-        torch = self.torch
         from aifeedback.config import SamplingConfig
 
         tiny = self.args.tiny
@@ -337,7 +336,8 @@ class Bench:
             n = bs * (1 if tiny or bs >= 256 else max(1, self.args.gen_batches))
             b, _ = self.backend(d, self.dev, dtype, "auto", gen_batch_size=bs)
             texts = [b.render(p["messages"]) for p in self.pairs[:n]]
-            prompts = [b.encode(t)[-(96 if tiny else 512) :] for t in texts]  # the same token ids for both
+            # the same token ids for both, sorted by length as sample_tokens sorts them, so both cut the same batches
+            prompts = sorted((b.encode(t)[-(96 if tiny else 512) :] for t in texts), key=len)
             params = SamplingConfig(max_new_tokens=new, n=1, temperature=0.7, top_p=0.95)
             # a short probe of each, to skip what would not fit the budget
             est = {}
@@ -374,7 +374,6 @@ class Bench:
             if "generate" in res:
                 self.emit(section=f"gen_{shape}", batch=bs, **{f"ratio_{k}_to_generate": round(v / res["generate"], 3) for k, v in res.items() if k != "generate"})
         del m
-        _ = torch
 
 
 def hf_generate(m, prompts, new, pad, dev) -> int:

@@ -66,14 +66,18 @@ class Reference:
 
         self.tok = AutoTokenizer.from_pretrained(path)
         self.model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
+        self._memo: dict[tuple, torch.Tensor] = {}  # next_lp by prompt: a full forward pass each, no cache
 
     def ids(self, messages, answer_prefix: str = "") -> list[int]:
         text = self.tok.apply_chat_template(messages, add_generation_prompt=True, tokenize=False) + answer_prefix
         return self.tok(text, add_special_tokens=False)["input_ids"]
 
     def next_lp(self, ids: list[int]) -> torch.Tensor:
-        with torch.no_grad():
-            return torch.log_softmax(self.model(input_ids=torch.tensor([ids])).logits[0, -1].float(), -1)
+        key = tuple(ids)
+        if key not in self._memo:
+            with torch.no_grad():
+                self._memo[key] = torch.log_softmax(self.model(input_ids=torch.tensor([ids])).logits[0, -1].float(), -1)
+        return self._memo[key]
 
     def seq_lp(self, ids: list[int], seq: list[int]) -> float:
         return sum(float(self.next_lp(ids + seq[:d])[t]) for d, t in enumerate(seq))
@@ -244,6 +248,28 @@ def test_multi_token_candidates(engine, request, ref):
         assert r.probs == pytest.approx([math.exp(v) / total for v in want], abs=1e-6)
     if engine == "token_ids":  # no prompt_logprobs: every request may read the prefix cache
         assert all(sp.prompt_logprobs is None and sp.logprob_token_ids for call in b.llm.calls for _, sp in call)
+
+
+@pytest.mark.parametrize("engine", ["token_ids", "top_logprobs"])
+def test_a_candidate_loses_the_mass_of_longer_ones(engine, request, ref):
+    """A word and the word followed by the model's likeliest next token: the word's share excludes the longer one."""
+    b = engine_backend(engine, request)
+    p = judge_prompts()[2]
+    ids = ref.ids(p.messages, p.answer_prefix)
+    inside, _ = word_candidates(ref, ids)
+    pairs = []
+    for w in inside:
+        (wid,) = ref.spellings(w)[0]
+        for x in ref.next_lp(ids + [wid]).argsort(descending=True).tolist()[:5]:
+            if ref.spellings(ref.tok.decode([wid, x])) == [[wid, x]]:
+                pairs.append((w, ref.tok.decode([wid, x])))
+                break
+    assert pairs, "no word whose likeliest continuation spells back"
+    short, long = pairs[0]
+    want = ref.candidate_lps(ids, [short, long])
+    assert want[0] < math.log(math.exp(ref.seq_lp(ids, ref.spellings(short)[0]))) - 0.01  # the subtraction matters here
+    (r,) = b.choice_probs([p], [short, long])
+    assert r.logprobs == pytest.approx(want, abs=1e-5)
 
 
 def test_many_candidates_split_across_requests(backend, ref):

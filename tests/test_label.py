@@ -91,7 +91,7 @@ def test_missing_columns_name_the_fix(tmp_path):
     path.write_text(json.dumps({"question": "q", "a": "x", "b": "y"}) + "\n")
     from labelers.job import load_pairs
 
-    with pytest.raises(InputError, match=r"Available columns: \['a', 'b', 'question'\].*--prompt-column"):
+    with pytest.raises(InputError, match=r"Available columns: \[.a., .b., .question.\].*`prompt_column`"):
         load_pairs(LabelConfig(input=str(path)))
 
 

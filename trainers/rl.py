@@ -45,11 +45,12 @@ def rm_reward(model_dir: str) -> Callable:
     from .reward_trainer import prompt_text
 
     tok = AutoTokenizer.from_pretrained(model_dir)
-    model = AutoModelForSequenceClassification.from_pretrained(model_dir).eval()
+    dev = "cuda" if torch.cuda.is_available() else "cpu"
+    model = AutoModelForSequenceClassification.from_pretrained(model_dir).to(dev).eval()
 
     def reward(prompts, completions, **kwargs) -> list[float]:
         ps = [prompt_text(p) if isinstance(p, list) else p for p in prompts]
-        enc = tok(ps, [_text(c) for c in completions], truncation="longest_first", max_length=256, padding=True, return_tensors="pt")
+        enc = tok(ps, [_text(c) for c in completions], truncation="longest_first", max_length=256, padding=True, return_tensors="pt").to(dev)
         with torch.no_grad():
             return model(**enc).logits.squeeze(-1).tolist()
 

@@ -98,4 +98,4 @@ def loop(
         pairs = dict(c.split("=", 1) for c in compare or [] if "=" in c)
         if len(pairs) != len(compare or []):
             raise ConfigError("--compare takes NAME=RUN_DIR, e.g. --compare control=runs/loop-llm")
-    run_flow("flows.loop", "loop_flow", run_dir=run_dir, **cfg, compare=pairs or None)
+    run_flow("flows.loop", "run_loop", run_dir=run_dir, **cfg, compare=pairs or None)

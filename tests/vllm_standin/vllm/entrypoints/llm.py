@@ -8,6 +8,7 @@ the order received).
 
 from __future__ import annotations
 
+import copy
 import math
 from collections.abc import Sequence
 from types import SimpleNamespace
@@ -137,13 +138,14 @@ class LLM:
         raise NotImplementedError(f"the vllm stand-in takes text or token prompts, got {type(prompt).__name__}")
 
     # ------------------------------------------------------------------ one request
-    def _logprobs(self, ids: list[int]):
-        """(len(ids), vocab) log_softmax of the model's logits at every position, float32."""
+    def _forward(self, ids: list[int], past=None):
+        """log_softmax of the model's logits at each position of ``ids`` (after ``past``, the KV cache of what came
+        before), float32, and the cache extended by ``ids``."""
         import torch
 
         with torch.no_grad():
-            logits = self._model(input_ids=torch.tensor([ids])).logits[0].float()
-        return torch.log_softmax(logits, dim=-1)
+            out = self._model(input_ids=torch.tensor([ids]), past_key_values=past, use_cache=True)
+        return torch.log_softmax(out.logits[0].float(), dim=-1), out.past_key_values
 
     def _decode_token(self, t: int) -> str:
         return self._tok.convert_ids_to_tokens(int(t))
@@ -179,9 +181,9 @@ class LLM:
         self._request_counter += 1
         cached = self._cached_tokens(ids, sp)
         max_len = self.llm_engine.model_config.max_model_len
+        rows, prompt_past = self._forward(ids)
         prompt_lp = None
         if sp.prompt_logprobs is not None:
-            rows = self._logprobs(ids)
             prompt_lp = [None] + [self._entry(rows[t - 1], ids[t], sp.prompt_logprobs, None) for t in range(1, len(ids))]
         outputs = []
         for j in range(sp.n):
@@ -190,8 +192,11 @@ class LLM:
                 gen = torch.Generator().manual_seed(int(sp.seed) if sp.seed is not None else int(torch.randint(0, 2**31 - 1, (1,))))
             seq, out_ids, out_lps, cum, finish = list(ids), [], [], 0.0, None
             num_lp = sp.num_logprobs
+            row, past = rows[-1], (copy.deepcopy(prompt_past) if sp.n > 1 else prompt_past)
             while finish is None:
-                row = self._logprobs(seq)[-1]
+                if out_ids:
+                    step, past = self._forward([out_ids[-1]], past)
+                    row = step[-1]
                 tok = self._sample(row, sp, gen)
                 if num_lp is not None:
                     out_lps.append(self._entry(row, tok, num_lp, sp.logprob_token_ids))
