@@ -41,7 +41,7 @@ def prefect_wanted(flag: bool = False) -> bool:
         return True
     from aifeedback import prefect_server
 
-    return prefect_server.status() is not None
+    return prefect_server.running() is not None
 
 
 def in_prefect_run() -> bool:

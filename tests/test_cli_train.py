@@ -93,7 +93,7 @@ def test_train_rl_with_a_reward_model(tmp_path, tiny):
         (["train-rl", "--out", "x", "--reward", "rm"], ["reward rm needs reward_model", "--reward-model"]),
         (["train-dpo", "--out", "x", "--set", "beta=two"], ["invalid DPOTrainConfig", "beta", "'two'"]),
         (["train-dpo", "--out", "x", "--config", "no-such.yaml"], ["config file no-such.yaml does not exist"]),
-        (["generate", "--base-url", "http://127.0.0.1:8000/v1"], ["'backend.base_url' is a setting of the openai backend", "--backend openai"]),
+        (["generate", "--base-url", "http://127.0.0.1:8000/v1"], ["'backend.base_url' is a setting of the openai backend", "set `backend.kind` (--backend) to openai"]),
         (["loop", "--set", "beta=0.2"], ["invalid LoopConfig", "beta moved to dpo.beta (method grpo: grpo.kl_beta)", "--set dpo.beta=0.2"]),
         (["loop", "--set", "grpo.num_generations=3"], ["invalid LoopConfig", "grpo.num_generations is set by the loop, from n_responses"]),
     ],

@@ -9,6 +9,7 @@ the order received).
 from __future__ import annotations
 
 import copy
+import inspect
 import math
 from collections.abc import Sequence
 from types import SimpleNamespace
@@ -64,6 +65,8 @@ class LLM:
         self.calls: list[list[tuple[list[int], SamplingParams]]] = []
         self._tok = AutoTokenizer.from_pretrained(tokenizer or model)
         self._model = AutoModelForCausalLM.from_pretrained(model, dtype=torch.float32).eval()  # fp32 on the CPU, whatever dtype says
+        # transformers renamed forward's past_key_values to cache in 5.2x
+        self._cache_kw = "cache" if "cache" in inspect.signature(self._model.forward).parameters else "past_key_values"
         derived = int(self._model.config.max_position_embeddings)
         max_len = kwargs.get("max_model_len") or derived
         if max_len > derived:
@@ -144,23 +147,28 @@ class LLM:
         import torch
 
         with torch.no_grad():
-            out = self._model(input_ids=torch.tensor([ids]), past_key_values=past, use_cache=True)
-        return torch.log_softmax(out.logits[0].float(), dim=-1), out.past_key_values
+            out = self._model(input_ids=torch.tensor([ids]), **{self._cache_kw: past}, use_cache=True)
+        cache = out.cache if "cache" in out else out.past_key_values
+        return torch.log_softmax(out.logits[0].float(), dim=-1), cache
 
     def _decode_token(self, t: int) -> str:
         return self._tok.convert_ids_to_tokens(int(t))
 
-    def _entry(self, row, token: int, k: int | None, token_ids: list[int] | None):
-        """One position: ``token`` (scored or sampled) with its rank, then the requested ids or the top k."""
-        lp = float(row[token])
-        rank = 1 + int((row > row[token]).sum())
+    def _entries(self, rows, tokens: list[int], k: int | None, token_ids: list[int] | None) -> list:
+        """One dict per row of ``rows``: its token (scored or sampled) with its rank, then the requested ids or the top k."""
+        import torch
+
+        tok = torch.tensor(tokens)
+        lps = rows.gather(1, tok[:, None])[:, 0]
+        ranks = 1 + (rows > lps[:, None]).sum(-1)
         if token_ids:
-            listed = [(int(t), float(row[t])) for t in token_ids]
+            ids = torch.tensor(token_ids)
+            listed = [list(zip(token_ids, r)) for r in rows[:, ids].tolist()]
         else:
-            k = row.shape[0] if k == -1 else (k or 0)
-            vals, idx = row.topk(k) if k else (row[:0], row[:0].long())
-            listed = [(int(t), float(v)) for v, t in zip(vals.tolist(), idx.tolist())]
-        return position_entry((int(token), lp, rank), listed, self._decode_token)
+            k = rows.shape[1] if k == -1 else (k or 0)
+            vals, idx = rows.topk(k, dim=-1) if k else (rows[:, :0], rows[:, :0].long())
+            listed = [list(zip(i, v)) for i, v in zip(idx.tolist(), vals.tolist())]
+        return [position_entry((t, lp, r), ls, self._decode_token) for t, lp, r, ls in zip(tokens, lps.tolist(), ranks.tolist(), listed)]
 
     def _cached_tokens(self, ids: list[int], sp: SamplingParams) -> int:
         if not self._prefix_caching or sp.skip_reading_prefix_cache:
@@ -184,7 +192,7 @@ class LLM:
         rows, prompt_past = self._forward(ids)
         prompt_lp = None
         if sp.prompt_logprobs is not None:
-            prompt_lp = [None] + [self._entry(rows[t - 1], ids[t], sp.prompt_logprobs, None) for t in range(1, len(ids))]
+            prompt_lp = [None] + self._entries(rows[:-1], ids[1:], sp.prompt_logprobs, None)
         outputs = []
         for j in range(sp.n):
             gen = None
@@ -199,7 +207,7 @@ class LLM:
                     row = step[-1]
                 tok = self._sample(row, sp, gen)
                 if num_lp is not None:
-                    out_lps.append(self._entry(row, tok, num_lp, sp.logprob_token_ids))
+                    out_lps.extend(self._entries(row[None], [tok], num_lp, sp.logprob_token_ids))
                     cum += float(row[tok])
                 out_ids.append(tok)
                 seq.append(tok)
