@@ -90,7 +90,7 @@ def test_train_rl_with_a_reward_model(tmp_path, tiny):
     [
         (["train-rm", "--run-dir", "nowhere", "--out", "x", "--set", "lrr=0.1"], ["invalid RewardConfig", "unknown key 'lrr'", "'lr'"]),
         (["train-rl", "--out", "x", "--set", "kl_beta=-1"], ["invalid RLConfig", "kl_beta", "greater than or equal to 0"]),
-        (["train-rl", "--out", "x", "--reward", "rm"], ["reward rm needs reward_model", "--reward-model"]),
+        (["train-rl", "--out", "x", "--reward", "rm"], ["reward rm needs `reward_model` (--reward-model)"]),
         (["train-dpo", "--out", "x", "--set", "beta=two"], ["invalid DPOTrainConfig", "beta", "'two'"]),
         (["train-dpo", "--out", "x", "--config", "no-such.yaml"], ["config file no-such.yaml does not exist"]),
         (["generate", "--base-url", "http://127.0.0.1:8000/v1"], ["'backend.base_url' is a setting of the openai backend", "set `backend.kind` (--backend) to openai"]),

@@ -89,7 +89,7 @@ def train_grpo(cfg: RLConfig, prompts: list[list[dict]], out_dir: str, reward_fn
             reward_fn = direct_reward(cfg.labeler)
         else:
             if not cfg.reward_model:
-                raise ConfigError("--reward rm needs reward_model: the folder written by `aifeedback train-rm`")
+                raise ConfigError("`reward` rm needs `reward_model`: the folder written by `aifeedback train-rm`")
             reward_fn = rm_reward(cfg.reward_model)
     if model is None:
         model, tokenizer = load_policy(cfg.policy)

@@ -27,7 +27,7 @@ class RLConfig(StrictModel):
     @model_validator(mode="after")
     def _reward_model_for_rm(self) -> RLConfig:
         if self.reward == "rm" and not self.reward_model:
-            raise ValueError("reward rm needs reward_model: the folder written by `aifeedback train-rm` (--reward-model DIR)")
+            raise ValueError("reward rm needs `reward_model`: the folder written by `aifeedback train-rm`")
         return self
 
 

@@ -117,7 +117,7 @@ class LoopConfig(StrictModel):
     @classmethod
     def _k(cls, v: int) -> int:
         if v < 1:
-            raise ValueError(f"iterations must be at least 1 (K = {v} would train nothing); pass --iterations 1 or more")
+            raise ValueError(f"iterations must be at least 1 (K = {v} would train nothing); set `iterations` to 1 or more")
         return v
 
     @model_validator(mode="after")
@@ -125,7 +125,7 @@ class LoopConfig(StrictModel):
         if self.labeler != "llm" and not (self.labeler.startswith("rm:") and len(self.labeler) > 3):
             raise ValueError(f"labeler must be llm or rm:PATH (a reward model folder), got {self.labeler!r}")
         if self.method == "grpo" and not self.labeler.startswith("rm:"):
-            raise ValueError("method grpo takes its reward from a reward model: pass --labeler rm:PATH, or use method dpo")
+            raise ValueError("method grpo takes its reward from a reward model: set `labeler` to rm:PATH, or `method` to dpo")
         if self.label.input is not None:
             raise ValueError("label.input must be empty in a loop: the pairs are the policy's own samples")
         return self
@@ -170,9 +170,9 @@ def check_inputs(cfg: LoopConfig) -> list[str]:
 
     notes = []
     if not cfg.prompts:
-        raise InputError("the loop needs prompts: pass --prompts FILE (e.g. ../shared/data/self-instruct/user_oriented_instructions.jsonl)")
+        raise InputError("the loop needs prompts: set `prompts` to a file (e.g. ../shared/data/self-instruct/user_oriented_instructions.jsonl)")
     if not cfg.evaluator:
-        raise InputError("the loop needs an evaluator: pass --evaluator DIR, a reward model trained on labels independent of the labeler's (`aifeedback train-rm`)")
+        raise InputError("the loop needs an evaluator: set `evaluator` to a folder, a reward model trained on labels independent of the labeler's (`aifeedback train-rm`)")
     check_reward_model_dir(cfg.evaluator)
     if cfg.rm_path:
         check_reward_model_dir(cfg.rm_path)
@@ -180,5 +180,5 @@ def check_inputs(cfg: LoopConfig) -> list[str]:
             notes.append(INDEPENDENCE_WARNING)
             warnings.warn(INDEPENDENCE_WARNING, stacklevel=2)
     if cfg.gold and not Path(cfg.gold).is_file():
-        raise InputError(f"gold file {cfg.gold} does not exist; pass a JSONL of pairs with a human label A/B, or leave --gold out")
+        raise InputError(f"gold file {cfg.gold} does not exist; pass a JSONL of pairs with a human label A/B, or leave `gold` unset")
     return notes

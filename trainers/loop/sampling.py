@@ -25,7 +25,7 @@ def load_loop_prompts(cfg: LoopConfig) -> tuple[list[dict], list[dict]]:
         elif cfg.prompt_column in row:
             text = row[cfg.prompt_column]
         else:
-            raise InputError(f"no column {cfg.prompt_column!r} in {cfg.prompts} (row {n}). Available columns: {sorted(row)}. Pass --set prompt_column=NAME.")
+            raise InputError(f"no column {cfg.prompt_column!r} in {cfg.prompts} (row {n}). Available columns: {sorted(row)}. Set `prompt_column`.")
         messages, _ = to_messages(text)
         if messages is None:
             continue
