@@ -131,6 +131,26 @@ def require_tokenizer(backend: "Backend", overlong: str) -> None:
         raise ConfigError(overlong_refusal(backend.name))
 
 
+def candidate_variants(encode, candidates: list[str]) -> list[list[list[int]]]:
+    """Token sequences that spell each candidate, as written and with a leading space (``encode``: text -> token ids).
+
+    The in-process backends score a candidate as the sum over its spellings, so "1" and " 1" count alike.
+    """
+    from ..errors import BackendError
+
+    out = []
+    for c in candidates:
+        seqs: list[list[int]] = []
+        for text in (c, " " + c.lstrip()):
+            t = encode(text)
+            if t and t not in seqs:
+                seqs.append(t)
+        if not seqs:
+            raise BackendError(f"candidate {c!r} encodes to no tokens")
+        out.append(seqs)
+    return out
+
+
 def normalise(logprobs: list[float | None], floor: float | None = None) -> list[float] | None:
     """Softmax over candidates' log-probs; missing ones get ``floor`` (or are dropped to 0 if floor is None)."""
     vals = [lp if lp is not None else floor for lp in logprobs]

@@ -33,7 +33,7 @@ from .. import usage
 from ..config import SamplingConfig, VLLMBackendConfig
 from ..errors import BackendError, ConfigError
 from ..models import resolve
-from .base import BackendStats, Capabilities, Chat, ChatTokenizer, ChoiceResult, Completion, GenerationResult, ScoringPrompt, normalise
+from .base import BackendStats, Capabilities, Chat, ChatTokenizer, ChoiceResult, Completion, GenerationResult, ScoringPrompt, candidate_variants, normalise
 
 TOP_LOGPROBS = 20  # the engine's max_logprobs, and the top-k read before vLLM 0.20.0
 # Ids listed per request. vLLM 0.20.0 returns them only with logprobs=len(ids) set too, vLLM checks that
@@ -175,17 +175,7 @@ class VLLMBackend:
     # scoring ----------------------------------------------------------------
     def candidate_variants(self, candidates: list[str]) -> list[list[list[int]]]:
         """Token sequences that spell each candidate: as written and with a leading space."""
-        out = []
-        for c in candidates:
-            seqs: list[list[int]] = []
-            for text in (c, " " + c.lstrip()):
-                t = self.encode(text)
-                if t and t not in seqs:
-                    seqs.append(t)
-            if not seqs:
-                raise BackendError(f"candidate {c!r} encodes to no tokens")
-            out.append(seqs)
-        return out
+        return candidate_variants(self.encode, candidates)
 
     def choice_probs(self, prompts: list[ScoringPrompt], candidates: list[str]) -> list[ChoiceResult]:
         self.stats.score_calls += 1

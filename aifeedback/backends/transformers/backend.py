@@ -15,8 +15,7 @@ import threading
 
 from ... import usage
 from ...config import SamplingConfig, TransformersBackendConfig
-from ...errors import BackendError
-from ..base import BackendStats, Capabilities, Chat, ChatTokenizer, ChoiceResult, Completion, GenerationResult, ScoringPrompt, normalise
+from ..base import BackendStats, Capabilities, Chat, ChatTokenizer, ChoiceResult, Completion, GenerationResult, ScoringPrompt, candidate_variants, normalise
 from .decoding import decode
 from .loading import load_causal_lm
 from .prefix_plan import score_chunks
@@ -133,17 +132,7 @@ class TransformersBackend:
     # scoring ----------------------------------------------------------------
     def candidate_variants(self, candidates: list[str]) -> list[list[list[int]]]:
         """Token sequences that spell each candidate: as written and with a leading space."""
-        out = []
-        for c in candidates:
-            seqs = []
-            for text in (c, " " + c.lstrip()):
-                t = self.encode(text)
-                if t and t not in seqs:
-                    seqs.append(t)
-            if not seqs:
-                raise BackendError(f"candidate {c!r} encodes to no tokens")
-            out.append(seqs)
-        return out
+        return candidate_variants(self.encode, candidates)
 
     def choice_probs(self, prompts: list[ScoringPrompt], candidates: list[str]) -> list[ChoiceResult]:
         self.stats.score_calls += 1
