@@ -144,9 +144,9 @@ def test_overlong_with_the_embedded_tokenizer_is_truncated_and_flagged(embedded_
 
 FILE_CASES = [
     # id, file name, bytes, words the message must hold
-    ("missing-column", "p.jsonl", jline({"prompt": "q", "response_a": "a"}), ["no column(s) ['response_b']", "Available columns", "--response-b-column"]),
-    ("missing-column-after-bad-first-line", "p.jsonl", b"{oops\n" + jline({"question": "q", "a": "x", "b": "y"}), ["no column(s)", "--prompt-column"]),
-    ("csv-missing-column", "p.csv", b"prompt,response_a\nq,a\n", ["no column(s) ['response_b']", "--response-b-column"]),
+    ("missing-column", "p.jsonl", jline({"prompt": "q", "response_a": "a"}), ["no column(s) ['response_b']", "Available columns", "`response_b_column`"]),
+    ("missing-column-after-bad-first-line", "p.jsonl", b"{oops\n" + jline({"question": "q", "a": "x", "b": "y"}), ["no column(s)", "`prompt_column`"]),
+    ("csv-missing-column", "p.csv", b"prompt,response_a\nq,a\n", ["no column(s) ['response_b']", "`response_b_column`"]),
     ("csv-header-only", "p.csv", b"pair_id,prompt,response_a,response_b\n", ["holds no rows"]),
     ("csv-invalid-utf8", "p.csv", b"prompt,response_a,response_b\ncaf\xe9,a,b\n", ["re-encode it as UTF-8"]),
     ("unsupported-extension", "p.txt", b"prompt\tresponse_a\n", ["unsupported input p.txt", ".jsonl"]),
@@ -196,7 +196,7 @@ def test_prompt_file_errors(tmp_path):
 
     p = tmp_path / "p.jsonl"
     p.write_bytes(jline({"text": "hi"}))
-    with pytest.raises(InputError, match=r"no column 'prompt'.*Available columns: \['text'\].*--prompt-column"):
+    with pytest.raises(InputError, match=r"no column 'prompt'.*Available columns: \['text'\].*`prompt_column`"):
         load_prompts(str(p), "prompt")
     p.write_bytes(b"\n")
     with pytest.raises(InputError, match="holds no rows"):

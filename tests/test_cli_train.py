@@ -110,13 +110,13 @@ def test_a_bad_flag_is_one_line_and_exit_2_before_anything_runs(args, words, tmp
 
 
 def test_a_valueerror_from_our_input_checks_is_one_line(tmp_path, labelled_run):
-    """labelers/labeler.py refuses a method/template mismatch inside a Prefect task: one line at the CLI, the traceback with --debug."""
+    """labelers/labeler.py refuses a method/template mismatch inside a batch: one line at the CLI naming the key and what to type, the traceback with --debug."""
     src = tmp_path / "pairs.jsonl"
     src.write_text(json.dumps(PAIRS[0]) + "\n")
     args = ["label", "--run-dir", str(tmp_path / "run"), "--input", str(src), "--method", "pointwise", "--set", "template=pairwise"]
     res = invoke(*args)
     assert res.exit_code == 2, res.output
-    assert error_lines(res) == ["error: method pointwise needs a pointwise template, got pairwise (pairwise); pass --set template=pointwise or a pointwise template file"], res.output
+    assert error_lines(res) == ["error: method pointwise needs a pointwise template, got pairwise (pairwise); set `template` (--set template=VALUE) to pointwise or a pointwise template file"], res.output
     assert "Traceback" not in res.output
     debug = invoke("--debug", *args)
     assert debug.exit_code != 0 and isinstance(debug.exception, ValueError) and "pointwise template" in str(debug.exception)

@@ -56,6 +56,7 @@ def _run_everything(tmp_path, api_key, llama_server):
         HF_HUB_OFFLINE="0",
         HF_ENDPOINT="http://127.0.0.1:9",  # nothing listens: the push fails
         COLUMNS="200",
+        AIFEEDBACK_PREFECT="1",  # --prefect: run as Prefect flows, so Prefect's database and logs are written (and searched)
     )
     env.pop("PREFECT_API_URL", None)
     run = tmp_path / "run"

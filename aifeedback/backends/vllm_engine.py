@@ -83,8 +83,8 @@ class VLLMBackend:
             raise ConfigError(
                 f"backend.data_parallel_size={cfg.data_parallel_size}: the vllm backend runs one engine per process, and vLLM "
                 "refuses LLM(data_parallel_size>1) in one process. Run replicas as workers instead (--runner ray --workers "
-                f"{cfg.data_parallel_size}, one GPU each), or serve with `vllm serve --data-parallel-size {cfg.data_parallel_size}` "
-                "and use the openai backend"
+                f"{cfg.data_parallel_size}, one GPU each), or serve the model data-parallel with `vllm serve` (its data-parallel-size "
+                "option) and use the openai backend"
             )
         self.cfg = cfg
         self.model_id = cfg.model
