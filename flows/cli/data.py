@@ -14,7 +14,7 @@ from flows.schedule import FLOWS
 from trainers.reward_config import RewardConfig
 from trainers.rl_config import DPOTrainConfig, RLConfig
 
-from .app import RunDir, app, console, fail, run_flow, user_errors
+from .app import STATE, RunDir, app, console, fail, run_flow, user_errors
 
 
 @app.command()
@@ -108,8 +108,11 @@ def runs(
         _run_usage(run_dir, as_json)
         return
     from aifeedback.prefect_server import command_api
+    from flows.common import prefect_wanted
     from flows.schedule import recent_runs
 
+    if not prefect_wanted(STATE["prefect"]):
+        fail(ConfigError("no Prefect API is configured, so commands ran without Prefect and recorded their runs in each run store: pass --run-dir RUN (its history.jsonl), or use Prefect (`aifeedback server start`, PREFECT_API_URL or --prefect)"))
     try:
         with user_errors(), command_api():  # where the commands recorded their runs
             rows = recent_runs(limit=limit, flow=flow, deployment=deployment, upcoming=upcoming)
