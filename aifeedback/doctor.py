@@ -161,7 +161,7 @@ def check_embedded_models() -> list[Check]:
 def check_prefect(timeout_s: float = 3.0) -> Check:
     url = os.environ.get("PREFECT_API_URL")
     if not url:
-        return Check("prefect", "ok", "no PREFECT_API_URL: each command starts a temporary local server (about 15-20 s)")
+        return Check("prefect", "ok", "no PREFECT_API_URL: commands run in-process without Prefect (a shared server from `aifeedback server start`, or --prefect, runs them as Prefect flows)")
     import httpx
 
     try:

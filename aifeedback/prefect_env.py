@@ -1,8 +1,9 @@
 """Prefect settings that must be in the environment before ``import prefect``.
 
-Without ``PREFECT_API_URL`` every process starts a temporary local server
-(13-27 s here); its default 20 s start-up timeout fails under load, and offline
-it logs telemetry failures. Values already in the environment win.
+Used when a command runs as a Prefect flow (a configured API, a shared server, or
+``--prefect``): Prefect's temporary local server takes 13-27 s to start here, its
+default 20 s start-up timeout fails under load, and offline it logs telemetry
+failures. Setting these imports nothing. Values already in the environment win.
 """
 
 from __future__ import annotations
