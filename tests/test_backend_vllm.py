@@ -192,7 +192,7 @@ def test_capabilities_and_engine_settings(backend, vllm_standin, ref, tiny):
 
 
 def test_data_parallel_and_missing_vllm_say_what_to_do(tiny, vllm_standin, monkeypatch):
-    with pytest.raises(ConfigError, match=r"--workers 2.*vllm serve --data-parallel-size 2"):
+    with pytest.raises(ConfigError, match=r"--workers 2.*`vllm serve` \(its data-parallel-size option\)"):
         make(tiny, vllm_standin, data_parallel_size=2)
     monkeypatch.setitem(sys.modules, "vllm", None)  # import vllm -> ImportError
     with pytest.raises(BackendError, match=r"pip install 'aifeedback\[vllm\]'"):
