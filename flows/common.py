@@ -55,11 +55,9 @@ def in_prefect_run() -> bool:
 
 def submitter(runner: str = "sequential", workers: int | None = None, ray_address: str | None = None) -> Submitter:
     """The submitter for ``runner``: Prefect tasks inside a flow run, else the core's (no Prefect)."""
-    if runner not in RUNNERS:
-        raise ConfigError(f"runner: unknown value {runner!r}; use one of {', '.join(RUNNERS)}")
     if in_prefect_run():
         return PrefectTasks(runner, workers, ray_address)
-    return make_submitter(runner, workers, ray_address)
+    return make_submitter(runner, workers, ray_address)  # checks the runner's name
 
 
 def _stage_batch_task() -> Callable[..., Any]:
@@ -108,6 +106,8 @@ class PrefectTasks:
 
 
 def _task_runner(runner: str, workers: int | None, ray_address: str | None):
+    if runner not in RUNNERS:
+        raise ConfigError(f"runner: unknown value {runner!r}; use one of {', '.join(RUNNERS)}")
     if runner == "sequential":
         return None
     if runner == "threads":

@@ -84,10 +84,6 @@ class Stage:
     function: str
     help: str
 
-    def flags(self) -> dict[str, str]:
-        return {o.key: o.flags[0] for o in self.options if isinstance(o, ConfigOption)}
-
-
 STAGES = {
     "generate": Stage(
         "generate",
