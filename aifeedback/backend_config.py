@@ -26,6 +26,8 @@ class ModelPrice(StrictModel):
 
 
 BUILTIN_BACKENDS = ("transformers", "openai", "vllm")
+# keys of the tools around a run, not of an endpoint: never a backend.api_key_env
+TOOL_KEYS = frozenset({"WANDB_API_KEY", "PREFECT_API_KEY", "COMET_API_KEY", "NEPTUNE_API_KEY"})
 _PLUGIN_KIND = re.compile(r"[A-Za-z_][\w.]*:[A-Za-z_]\w*")
 
 
@@ -122,7 +124,16 @@ class OpenAIBackendConfig(BackendConfig):
     KIND: ClassVar[str | None] = "openai"
 
     base_url: str | None = Setting(None, affects_output=True, description="openai: endpoint base URL, e.g. http://127.0.0.1:8000/v1.")  # another server may serve other weights under the same name
-    api_key_env: str = Setting("OPENAI_API_KEY", affects_output=False, description="openai: name of the environment variable that holds the key. Keys are never read from files.")
+    api_key_env: str = Setting(
+        "OPENAI_API_KEY",
+        affects_output=False,
+        description="openai: name of the environment variable holding the key sent to base_url: OPENAI_API_KEY or another name ending in _API_KEY (TOGETHER_API_KEY...). Other variables (HF_TOKEN, GITHUB_TOKEN, AWS_...) and tools' keys (WANDB_API_KEY...) are refused, so a config from someone else cannot send them to its URL. Keys are never read from files.",
+    )
+    allow_insecure_key: bool = Setting(
+        False,
+        affects_output=False,
+        description="openai: send the key over plain http:// to a host other than this machine (127.0.0.0/8, ::1, localhost), where anyone on the network path can read it. Prefer https://.",
+    )
     max_concurrency: int = Setting(8, affects_output=False, ge=1, le=512, description="openai: requests in flight at once.")
     timeout_s: float = Setting(60.0, affects_output=False, gt=0, description="openai: timeout for every request, in seconds.")
     max_retries: int = Setting(5, affects_output=False, ge=0, le=50, description="openai: retries on 429, 5xx, resets, timeouts and malformed replies.")
@@ -145,6 +156,17 @@ class OpenAIBackendConfig(BackendConfig):
             if parts.username or parts.password or re.search(r"(?i)(key|token|secret|password)=", parts.query):
                 raise ValueError("base_url must not carry credentials (they would be written to configs and logs); put the key in an environment variable named by backend.api_key_env")
         return v.rstrip("/") if v else v
+
+    @field_validator("api_key_env")
+    @classmethod
+    def _key_env(cls, v: str) -> str:
+        if not v.upper().endswith("_API_KEY") or v.upper() in TOOL_KEYS:
+            raise ValueError(
+                f"api_key_env must name an endpoint's key, OPENAI_API_KEY or another variable ending in _API_KEY (not a tool's: {', '.join(sorted(TOOL_KEYS))}), got {v!r}; "
+                "it is sent to base_url, so a config could otherwise send any secret in your environment there. "
+                "Copy the endpoint's key into such a variable (export MY_ENDPOINT_API_KEY=...) and set `backend.api_key_env` to its name"
+            )
+        return v
 
 
 class VLLMBackendConfig(BackendConfig):

@@ -168,6 +168,10 @@ class Ray(contextlib.AbstractContextManager):
                 init["num_cpus"] = self.workers or os.cpu_count() or 1
             ray.init(**init)
             self._started = not self.address
+        elif self.address and self.address != "auto" and not self.address.startswith("ray://"):
+            connected = ray.get_runtime_context().gcs_address
+            if connected != self.address:
+                raise ConfigError(f"`ray_address` is {self.address}, but this process is already connected to the Ray cluster at {connected}; run the command in a fresh process, or set ray_address={connected}")
         self._remote = ray.remote(num_cpus=1)(run_batch)
         return self
 

@@ -15,8 +15,14 @@ output-affecting config, the model id and the template version. An item whose ke
 is in a finished shard is never computed again, whatever batch it falls in; a
 batch's shard key is a hash of its item keys. When an invocation uses only some
 items of an older shard, the manifest lists those shards as partial and
-``_selection.parquet`` holds the item keys taken from them, so readers see exactly
+``_selection-HASH.parquet`` holds the item keys taken from them, so readers see exactly
 this invocation's items.
+
+A run folder may come from someone else (a shared or downloaded run): what its
+manifest names is checked before anything is read. A shard key must be a plain name,
+the selection must be the stage's own ``_selection-HASH.parquet``, and every file read
+must resolve inside the run folder (no ``..``, absolute paths or symlinks out);
+otherwise a StoreError names the run folder and the entry, and nothing is read.
 
 Labels are stored as model outputs only; ``read_table("labels")`` adds the columns
 derived from them (aifeedback/preference.py) with the run's tie_margin/temperature.
@@ -39,6 +45,7 @@ import pyarrow.parquet as pq
 
 from .errors import StoreError
 from .records import EXCLUSIONS
+from .redact import redact
 
 
 # the command that writes each stage (error messages name it)
@@ -49,6 +56,10 @@ STAGE_COMMANDS = {"responses": "generate", "revisions": "revise", "labels": "lab
 RETRYABLE_REASONS = frozenset({"backend_error"})
 
 _SHARD_FILE = re.compile(r"([0-9a-f]{24})(?:\.excluded)?\.parquet")
+# A key read from a manifest names files in the stage folder, so it must be a plain name: batch_key's 24 hex
+# digits (item_key's too), or another writer's token (the training loop writes "iter1-40"), never a path.
+_KEY = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}")
+_SELECTION_FILE = re.compile(r"_selection-[0-9a-f]{16}\.parquet")  # the name write_manifest gives it
 
 
 def stage_command(stage: str) -> str:
@@ -98,7 +109,31 @@ class RunStore:
         return self.stage_dir(stage) / f"{key}.excluded.parquet"
 
     def has(self, stage: str, key: str) -> bool:
-        return self.shard_path(stage, key).is_file()
+        path = self.shard_path(stage, key)
+        return path.is_file() and self._inside(path)  # a symlink out of the run is no finished batch of it
+
+    def _inside(self, path: Path) -> bool:
+        return path.resolve().is_relative_to(self.root)
+
+    def _hostile(self, stage: str, problem: str) -> StoreError:
+        """A manifest or file that would make a reader leave the run folder: the error names both, and nothing was read."""
+        return StoreError(
+            f"run folder {self.root}: {problem}; nothing outside the run was read. The folder was edited or does not come "
+            f"from aifeedback: use a run it wrote, or rewrite this one with `{stage_command(stage)} --run-dir {self.root}`"
+        )
+
+    def _read_parquet(self, stage: str, path: Path, what: str) -> pa.Table:
+        """A Parquet file of this run, read only if it resolves inside the run folder; any failure is a StoreError."""
+        fix = f"re-run `{stage_command(stage)} --run-dir {self.root}` to recompute it"
+        if not self._inside(path):
+            shown = path.relative_to(self.root) if path.is_relative_to(self.root) else path
+            raise self._hostile(stage, f"{what} {shown} resolves to {path.resolve()}, outside the run folder")
+        if not path.is_file():
+            raise StoreError(f"{what} {path} listed in the manifest is missing; {fix}")
+        try:
+            return pq.read_table(path)
+        except (OSError, pa.ArrowException) as exc:
+            raise StoreError(f"{what} {path} is unreadable ({exc}); delete it and {fix}") from None
 
     def item_index(self, stage: str) -> tuple[dict[str, str], dict[str, int]]:
         """(item key -> shard key, shard key -> number of distinct item keys in it) over every finished shard.
@@ -113,7 +148,7 @@ class RunStore:
             return index, sizes
         for path in sorted(d.glob("*.parquet")):
             m = _SHARD_FILE.fullmatch(path.name)
-            if m is None:
+            if m is None or not self._inside(path):  # a symlink out of the run is not read
                 continue
             key = m.group(1)
             if not self.has(stage, key):  # an exclusions file whose rows file never landed: a crashed batch
@@ -166,18 +201,19 @@ class RunStore:
         self._atomic_write_table(_table(rows, schema), self.shard_path(stage, key))
 
     def write_json(self, name: str, data: dict) -> Path:
+        """Write ``data`` atomically, secrets redacted (aifeedback/redact.py): configs and manifests may hold a plugin backend's key."""
         dest = self.root / name
         dest.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", dir=dest.parent)
         with os.fdopen(fd, "w") as fh:
-            json.dump(data, fh, indent=2, sort_keys=True, default=str)
+            json.dump(redact(data), fh, indent=2, sort_keys=True, default=str)
         os.replace(tmp, dest)
         return dest
 
     def append_history(self, entry: dict) -> None:
         """One JSON line per stage invocation in ``history.jsonl``: what ran, what it computed, how long it took."""
         with open(self.root / "history.jsonl", "a") as fh:
-            fh.write(json.dumps(entry, sort_keys=True, default=str) + "\n")
+            fh.write(json.dumps(redact(entry), sort_keys=True, default=str) + "\n")
 
     def history(self) -> list[dict]:
         path = self.root / "history.jsonl"
@@ -212,7 +248,24 @@ class RunStore:
         path = self.root / stage / "_manifest.json"
         if not path.is_file():
             raise StoreError(f"stage {stage!r} has not completed in run {self.root}; run `{stage_command(stage)} --run-dir {self.root}` first (or pass the right --run-dir)")
-        return json.loads(path.read_text())
+        if not self._inside(path):
+            raise self._hostile(stage, f"{stage}/_manifest.json resolves to {path.resolve()}, outside the run folder")
+        try:
+            m = json.loads(path.read_text())
+        except (OSError, ValueError) as exc:
+            raise StoreError(f"{path} is unreadable ({exc}); re-run `{stage_command(stage)} --run-dir {self.root}` to rewrite it") from None
+        if not isinstance(m, dict) or not isinstance(m.get("keys"), list):
+            raise self._hostile(stage, f"{stage}/_manifest.json has no list of shard keys (expected {{\"keys\": [...], ...}})")
+        for key in m["keys"]:
+            self._check_key(stage, key, f"{stage}/_manifest.json lists")
+        sel = m.get("selection")
+        if sel is not None and not (isinstance(sel, str) and _SELECTION_FILE.fullmatch(sel)):
+            raise self._hostile(stage, f"{stage}/_manifest.json names selection {sel!r}, not a _selection-<16 hex digits>.parquet file of the stage")
+        return m
+
+    def _check_key(self, stage: str, key: Any, source: str) -> None:
+        if not (isinstance(key, str) and _KEY.fullmatch(key)):
+            raise self._hostile(stage, f"{source} {key!r}, which is not a shard key (letters, digits, - and _ only; the stages write 24 hex digits)")
 
     def keys(self, stage: str) -> list[str]:
         return list(self.manifest(stage)["keys"])
@@ -226,14 +279,19 @@ class RunStore:
         derivation = None
         m = None
         if keys is None:
-            m = self.manifest(stage)
+            m = self.manifest(stage)  # checks its keys and selection name
             keys = list(m["keys"])
             if m.get("selection"):
-                sel = pq.read_table(self.root / stage / m["selection"])
+                sel = self._read_parquet(stage, self.root / stage / m["selection"], "selection")
+                if not {"shard", "item_key"} <= set(sel.column_names):
+                    raise StoreError(f"selection {self.root / stage / m['selection']} has columns {sel.column_names}, not shard and item_key; re-run `{stage_command(stage)} --run-dir {self.root}` to rewrite it")
                 groups: dict[str, list[str]] = {}
                 for shard, item in zip(sel.column("shard").to_pylist(), sel.column("item_key").to_pylist()):
                     groups.setdefault(shard, []).append(item)
                 selection = {shard: pa.array(items, pa.string()) for shard, items in groups.items()}
+        else:
+            for key in keys:
+                self._check_key(stage, key, "the keys passed to the reader include")
         if stage == "labels" and derive and not excluded:
             from .preference import Derivation
 
@@ -243,12 +301,7 @@ class RunStore:
             derivation = Derivation.from_manifest(derive_cfg) if derive_cfg else Derivation()
         for key in keys:
             path = self.excluded_path(stage, key) if excluded else self.shard_path(stage, key)
-            if not path.is_file():
-                raise StoreError(f"shard {path} listed in the manifest is missing; re-run `{stage_command(stage)} --run-dir {self.root}` to recompute it")
-            try:
-                table = pq.read_table(path)
-            except (OSError, pa.ArrowException) as exc:
-                raise StoreError(f"shard {path} is unreadable ({exc}); delete it and re-run `{stage_command(stage)} --run-dir {self.root}` to recompute it") from None
+            table = self._read_parquet(stage, path, "shard")
             if key in selection:
                 import pyarrow.compute as pc
 

@@ -37,6 +37,7 @@ from aifeedback.export import (
     render_card,
 )
 from aifeedback.provenance import git_commit, library_versions
+from aifeedback.redact import redact, redact_text
 from aifeedback.usage import totals as usage_totals
 
 
@@ -66,11 +67,13 @@ def _read_json(path: Path) -> dict:
 
 def stage_manifests(root: Path) -> tuple[dict[str, dict], list[str]]:
     """Manifests of the completed stages (without their shard keys), and notes on unfinished ones."""
+    from aifeedback.store import RunStore
+
     out, notes = {}, []
     for stage in STAGES:
         path = root / stage / "_manifest.json"
-        if path.is_file():
-            out[stage] = {k: v for k, v in _read_json(path).items() if k != "keys"}
+        if path.is_file():  # read by the store, which checks what a manifest names (a hostile run folder is a StoreError)
+            out[stage] = {k: v for k, v in RunStore(root, probe=False).manifest(stage).items() if k != "keys"}
         elif (root / stage).is_dir():
             notes.append(f"{stage}: the stage has not completed (no manifest); finish it with `aifeedback {CONFIG_FILE[stage]} --run-dir {root}` to export it")
     return out, notes
@@ -142,7 +145,7 @@ def _agreement(path: Path, root: Path, labels_manifest: dict | None) -> dict:
 def collect_provenance(root: Path, manifests: dict, opts: ExportOptions, tables: ExportTables, report: str | None) -> dict:
     configs = {p.stem: _read_json(p) for p in sorted((root / "configs").glob("*.json"))}
     stages = {s: {k: v for k, v in m.items() if k != "template"} for s, m in manifests.items()}
-    return {
+    return redact({  # secrets out before the card is rendered from it: a run written before redaction may hold keys
         "exporter": MARKER,
         "exported_at": datetime.now(UTC).isoformat(timespec="seconds"),
         "run": root.name,
@@ -159,18 +162,10 @@ def collect_provenance(root: Path, manifests: dict, opts: ExportOptions, tables:
         "constitutions": _constitutions(manifests, configs),
         "agreement": [_agreement(p.resolve(), root, manifests.get("labels")) for p in _reports(root, report)],
         "usage": usage_totals(root),  # tokens and cost of every batch the run computed
-    }
+    })
 
 
 # writing and pushing -----------------------------------------------------------
-
-
-def _redact(text: str) -> str:
-    for var in ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN"):
-        secret = os.environ.get(var, "").strip()
-        if len(secret) >= 8:
-            text = text.replace(secret, "[redacted]")
-    return text
 
 
 def _is_export(path: Path) -> bool:
@@ -198,8 +193,8 @@ def write_layout(dest: Path, tables: dict, card: str, prov: dict) -> None:
                 path = tmp / data_path(name, split)
                 path.parent.mkdir(parents=True, exist_ok=True)
                 pq.write_table(table, path)
-        (tmp / "README.md").write_text(_redact(card), encoding="utf-8")
-        (tmp / "provenance.json").write_text(_redact(json.dumps(prov, indent=2, ensure_ascii=False, default=str)), encoding="utf-8")
+        (tmp / "README.md").write_text(redact_text(card), encoding="utf-8")
+        (tmp / "provenance.json").write_text(json.dumps(redact(prov), indent=2, ensure_ascii=False, default=str), encoding="utf-8")
         if dest.exists():
             old = dest.with_name(f".{dest.name}.old-{os.getpid()}")
             dest.rename(old)
@@ -223,19 +218,24 @@ def push(folder: Path, repo_id: str, private: bool) -> str:
     try:
         token = get_token()
     except Exception as exc:  # noqa: BLE001 - e.g. a failed OIDC exchange; reported, not swallowed
-        raise ExportError(_redact(f"could not read a Hugging Face token ({type(exc).__name__}: {exc}); {intact}")) from None
+        raise ExportError(redact_text(f"could not read a Hugging Face token ({type(exc).__name__}: {exc}); {intact}")) from None
     if not token:
         raise ExportError(f"no Hugging Face token: set HF_TOKEN or run `hf auth login`, then re-run with --repo-id; {intact}")
     api = HfApi(endpoint=os.environ.get("HF_ENDPOINT") or None, token=token)
     try:
         url = api.create_repo(repo_id, repo_type="dataset", private=True if private else None, exist_ok=True)
-        api.upload_folder(repo_id=repo_id, folder_path=folder, repo_type="dataset", commit_message="aifeedback export", delete_patterns=["data/**"])
+        # create_repo leaves an existing repo's visibility as it is: --private must not publish into a public repo
+        public = private and not api.repo_info(repo_id, repo_type="dataset").private
+        if not public:
+            api.upload_folder(repo_id=repo_id, folder_path=folder, repo_type="dataset", commit_message="aifeedback export", delete_patterns=["data/**"])
     except Exception as exc:  # noqa: BLE001 - huggingface_hub 2.x raises httpx errors, HfHubHTTPError, OfflineModeIsEnabled, ...
         first = next((ln.strip() for ln in str(exc).splitlines() if ln.strip()), "")[:300]
         hint = "unset HF_HUB_OFFLINE" if "offline" in type(exc).__name__.lower() else f"check the network, HF_TOKEN and write access to {repo_id}"
         raise ExportError(
-            _redact(f"could not push to {repo_id} on {api.endpoint} ({type(exc).__name__}: {first}); {intact}: {hint}, then re-run with --repo-id, or upload it with `hf upload {repo_id} {folder} --repo-type dataset`")
+            redact_text(f"could not push to {repo_id} on {api.endpoint} ({type(exc).__name__}: {first}); {intact}: {hint}, then re-run with --repo-id, or upload it with `hf upload {repo_id} {folder} --repo-type dataset`")
         ) from None
+    if public:
+        raise ExportError(f"{repo_id} already exists on {api.endpoint} and is public, so --private would publish this export; nothing was uploaded. Make the repo private on the Hub (its Settings) or pick a new --repo-id, then re-run; {intact}")
     return str(url)
 
 

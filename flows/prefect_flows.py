@@ -9,7 +9,11 @@ run, each stage's batches are Prefect tasks (:class:`flows.common.PrefectTasks`)
 
 from __future__ import annotations
 
-from prefect import flow
+from typing import Any
+
+from prefect import Flow
+
+from aifeedback.redact import redact
 
 from . import (
     agreement,
@@ -23,6 +27,20 @@ from . import (
     revise,
     train,
 )
+
+
+class RedactedFlow(Flow):
+    """A Prefect flow whose runs' parameters are recorded with secrets redacted (aifeedback/redact.py), since a
+    command's overrides may hold a plugin backend's key (``backend.options``); the function still gets them whole."""
+
+    def serialize_parameters(self, parameters: dict[str, Any]) -> dict[str, Any]:
+        return redact(super().serialize_parameters(parameters))
+
+
+def flow(**kwargs: Any):
+    """``prefect.flow(**kwargs)``, making a :class:`RedactedFlow`."""
+    return lambda fn: RedactedFlow(fn, **kwargs)
+
 
 generate_flow = flow(name="generate", log_prints=True)(generate.run_generate)
 revise_flow = flow(name="revise", log_prints=True)(revise.run_revise)

@@ -13,19 +13,24 @@ from __future__ import annotations
 
 import re
 
+# Linear time on any text (bench/injection_scaling.py; a hostile response must not stall labelling): every
+# whitespace run is possessive (\s*+, \s++), so the engine never backtracks into it, and a line-start pattern
+# reads only the whitespace of its own line ([^\S\n]*+), so a run of newlines is not rescanned from each
+# line start. Each rewrite finds a match in exactly the texts the plain form did: a run is always followed
+# by a non-space token, and ^\s* reaching "system" over newlines means the last line start before it does too.
 PATTERNS: dict[str, re.Pattern] = {
     # our delimiters, or look-alikes, written into a response
-    "delimiter_tag": re.compile(r"<\s*/?\s*(?:conversation|response(?:_\d)?|rationale)\s*>", re.I),
+    "delimiter_tag": re.compile(r"<\s*+(?:/\s*+)?(?:conversation|response(?:_\d)?|rationale)\s*+>", re.I),
     # "the better response is 2", "the preferred answer is the first" (not "the correct answer is 2": maths)
-    "verdict_claim": re.compile(r"\b(?:the\s+)?(?:better|best|preferred|winning|superior)\s+(?:response|answer|option|reply)\s+(?:is|=)\s*(?:[12]\b|[\"'(\[][12ab][\"')\]]|[ab](?=\s*[.!,;:]|\s*$)|one\b|two\b|the\s+(?:first|second|former|latter)\b)", re.I),
+    "verdict_claim": re.compile(r"\b(?:the\s++)?(?:better|best|preferred|winning|superior)\s++(?:response|answer|option|reply)\s++(?:is|=)\s*+(?:[12]\b|[\"'(\[][12ab][\"')\]]|[ab](?=\s*+[.!,;:]|\s*+$)|one\b|two\b|the\s++(?:first|second|former|latter)\b)", re.I),
     # "ignore the above instructions", "disregard all previous"
-    "instruction_override": re.compile(r"\b(?:ignore|disregard|forget|override)\s+(?:all\s+|any\s+)?(?:of\s+)?(?:the\s+|your\s+)?(?:above|previous|prior|preceding|earlier|system)\b", re.I),
+    "instruction_override": re.compile(r"\b(?:ignore|disregard|forget|override)\s++(?:all\s++|any\s++)?(?:of\s++)?(?:the\s++|your\s++)?(?:above|previous|prior|preceding|earlier|system)\b", re.I),
     # "Note to the rater:", "Judge: ..."
-    "addresses_judge": re.compile(r"\b(?:to\s+the|dear)\s+(?:rater|judge|grader|evaluator|annotator|labeler|labeller)\b|^\s*(?:rater|judge|grader|evaluator)\s*:", re.I | re.M),
+    "addresses_judge": re.compile(r"\b(?:to\s++the|dear)\s++(?:rater|judge|grader|evaluator|annotator|labeler|labeller)\b|^[^\S\n]*+(?:rater|judge|grader|evaluator)\s*+:", re.I | re.M),
     # a forged turn: "SYSTEM: ..." at the start of a line
-    "role_forgery": re.compile(r"^\s*system\s*:", re.I | re.M),
-    # "Preferred response: 1", "answer with 1 or 2 only"
-    "answer_directive": re.compile(r"\b(?:preferred\s+response|final\s+verdict|verdict)\s*:\s*[12ab]\b|\banswer\s+(?:with\s+)?[\"']?[12][\"']?\s*(?:only\b|or\s+[12]\b|[.!]|$)", re.I | re.M),
+    "role_forgery": re.compile(r"^[^\S\n]*+system\s*+:", re.I | re.M),
+    # "Preferred response: 1", "answer with 1 or 2 only" ($ is a line end here: the run before it stops at the first newline)
+    "answer_directive": re.compile(r"\b(?:preferred\s++response|final\s++verdict|verdict)\s*+:\s*+[12ab]\b|\banswer\s++(?:with\s++)?[\"']?[12][\"']?[^\S\n]*+(?:only\b|or\s++[12]\b|[.!]|$)", re.I | re.M),
 }
 
 

@@ -19,7 +19,11 @@ def accuracy(pred: list[str], gold: list[str]) -> float:
 
 
 def bootstrap_ci(pred: list[str], gold: list[str], n_boot: int = 2000, seed: int = 0, alpha: float = 0.05) -> tuple[float, float]:
-    """Percentile bootstrap confidence interval of the accuracy."""
+    """Percentile bootstrap confidence interval of the accuracy.
+
+    Each of the n_boot replicates draws n items by ``random.Random(seed).randrange(n)``; lo and hi are the order
+    statistics floor(alpha/2 n_boot) and floor((1 - alpha/2) n_boot) (at most n_boot - 1) of the replicates.
+    """
     n = len(pred)
     if n == 0:
         return (float("nan"), float("nan"))
@@ -118,9 +122,17 @@ def _nll(probs: list[float], outcomes: list[int], t: float) -> float:
     return s
 
 
+T_MIN, T_MAX = 0.05, 100.0  # fit_temperature's search range
+
+
 def fit_temperature(probs: list[float], outcomes: list[int]) -> float:
-    """Temperature minimising the NLL of sigmoid(logit(p)/T), by golden-section search over log T."""
-    lo, hi = math.log(0.05), math.log(100.0)
+    """Temperature minimising the NLL of sigmoid(logit(p)/T), by golden-section search over log T in [T_MIN, T_MAX].
+
+    The NLL is minimised at the edge of the range when no finite T is best: when every outcome is on the side
+    its p leans to (a perfectly separable gold set) the result is T_MIN, as sharp as allowed; when every one is
+    on the other side (or every p is 1/2) it is T_MAX, p pulled to 1/2.
+    """
+    lo, hi = math.log(T_MIN), math.log(T_MAX)
     g = (math.sqrt(5) - 1) / 2
     a, b = hi - g * (hi - lo), lo + g * (hi - lo)
     fa, fb = _nll(probs, outcomes, math.exp(a)), _nll(probs, outcomes, math.exp(b))

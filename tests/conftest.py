@@ -152,11 +152,93 @@ def llama_server(_llama_server_session):
     _llama_server_session.check("during this test")
 
 
+def train_tiny_rm(path: Path, seed: int = 0, length_head: bool = False) -> Path:
+    """A tiny BERT reward model trained a few steps (prefers the longer, kinder answer) and saved as `aifeedback train-rm` saves it."""
+    import torch
+    from transformers import AutoTokenizer, BertConfig, BertForSequenceClassification
+
+    from aifeedback.models import minilm_dir
+    from trainers.reward_config import RewardConfig
+    from trainers.reward_trainer import RewardTrainer
+
+    tok = AutoTokenizer.from_pretrained(minilm_dir())
+    torch.manual_seed(seed)
+    model = BertForSequenceClassification(BertConfig(vocab_size=tok.vocab_size, hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64, num_labels=2 if length_head else 1, max_position_embeddings=128))
+    rows = [
+        {"pair_id": str(i), "messages": [{"role": "user", "content": f"q {i}"}], "response_a": "Sure, a kind and full answer." if i % 2 else "No.", "response_b": "No." if i % 2 else "Sure, a kind and full answer.", "p_a": 1.0 if i % 2 else 0.0, "human": "A" if i % 2 else "B"}
+        for i in range(16)
+    ]
+    tr = RewardTrainer(RewardConfig(epochs=2, lr=1e-3, batch_size=8, max_length=64, seed=seed, length_head=length_head), model, tok)
+    return tr.save(path, tr.train(rows))
+
+
+@pytest.fixture(scope="session")
+def tiny_rm(tmp_path_factory):
+    """`tiny_rm(seed, length_head=False)`: the folder of a tiny reward model, trained once per pytest session per
+    (seed, length_head). Tests only read it (label, score, fit T); a test that trains must train its own."""
+    made: dict[tuple[int, bool], Path] = {}
+
+    def get(seed: int = 0, length_head: bool = False) -> Path:
+        if (seed, length_head) not in made:
+            made[seed, length_head] = train_tiny_rm(tmp_path_factory.mktemp(f"tiny-rm-{seed}-{int(length_head)}") / "rm", seed, length_head)
+        return made[seed, length_head]
+
+    return get
+
+
 @pytest.fixture
 def shared_data() -> Path:
     if not SHARED_DATA.is_dir():
         pytest.skip(f"shared human-preference data not present at {SHARED_DATA}")
     return SHARED_DATA
+
+
+# Fixtures that load the embedded model or start a server: a test that uses one is `slow` whatever its module says.
+SLOW_FIXTURES = {"embedded_backend", "llama_server", "_llama_server_session"}
+# A test that is not marked `slow` and takes longer than this is named at the end, so `-m "not slow"` stays fast.
+UNMARKED_SLOW_S = 10.0
+_unmarked_slow: list[tuple[str, float]] = []
+
+
+def _in_ci() -> bool:
+    return os.environ.get("CI", "").strip().lower() in ("1", "true", "yes")
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if SLOW_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.slow)
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    """Under CI=true a skip is a failure (a skipped test hides what it would have found), except the GPU tests."""
+    outcome = yield
+    rep = outcome.get_result()
+    if rep.when == "call" and rep.passed and "slow" not in item.keywords and rep.duration > UNMARKED_SLOW_S:
+        _unmarked_slow.append((item.nodeid, rep.duration))
+    if rep.skipped and _in_ci() and "gpu" not in item.keywords and not hasattr(rep, "wasxfail"):
+        reason = rep.longrepr[2] if isinstance(rep.longrepr, tuple) else str(rep.longrepr)
+        rep.outcome = "failed"
+        rep.longrepr = f"skipped under CI=true, which counts as a failure (only GPU tests may skip): {reason}"
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_make_collect_report(collector):
+    """A whole module skipped at import (importorskip) fails under CI=true too."""
+    outcome = yield
+    report = outcome.get_result()
+    if report.skipped and _in_ci() and "test_gpu" not in report.nodeid:
+        reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else str(report.longrepr)
+        report.outcome = "failed"
+        report.longrepr = f"module skipped under CI=true, which counts as a failure: {reason}"
+
+
+def pytest_terminal_summary(terminalreporter):
+    if _unmarked_slow:
+        terminalreporter.section("tests over %.0f s without the slow marker (mark them, or make them fast)" % UNMARKED_SLOW_S)
+        for nodeid, d in sorted(_unmarked_slow, key=lambda x: -x[1]):
+            terminalreporter.write_line(f"{d:7.1f} s  {nodeid}")
 
 
 def pytest_sessionfinish(session, exitstatus):

@@ -61,7 +61,9 @@ def test_report_files_and_metrics(tmp_path):
     assert r["agreement"] == pytest.approx(sum(p == g for p, g in zip(pred, gold)) / 40)
     assert r["position"]["consistency"] == pytest.approx(0.5)
     assert set(r["by_category"]) == {"c1", "c2"}
-    assert 0 <= r["ece"] <= 1 and r["temperature_scaling"]["temperature"] > 0
+    from test_known_answers import temperature_by_grid  # the maximum-likelihood T by a numpy grid search
+
+    assert 0 <= r["ece"] <= 1 and r["temperature_scaling"]["temperature"] == pytest.approx(temperature_by_grid([0.8 if i % 4 else 0.3 for i in range(40)], [1 if g == "A" else 0 for g in gold]), rel=1e-3)
     m = json.loads(paths["json"].read_text())
     assert m["human_ceiling"]["pairwise_agreement"] == pytest.approx(1 / 3)
     assert "tiny-labeler" in paths["md"].read_text()

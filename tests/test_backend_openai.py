@@ -1,7 +1,6 @@
 """The openai backend against a real llama.cpp server process serving the embedded GGUF."""
 
 import threading
-import time
 
 import pytest
 
@@ -53,6 +52,7 @@ def test_fallback_to_parsed_verdict_without_logprobs(llama_server):
         assert r.logprobs == [None, None] and r.error is None  # a hard verdict read from the text, not log-probs
 
 
+@pytest.mark.timeout(180)  # a dead server must not hang the client (the server's own start is inside this)
 def test_server_killed_mid_run_gives_clear_error(tmp_path):
     from conftest import start_llama_server
 
@@ -61,9 +61,8 @@ def test_server_killed_mid_run_gives_clear_error(tmp_path):
     chats = [[{"role": "user", "content": f"Count from 1 to 50, item {i}."}] for i in range(6)]
     killer = threading.Timer(1.0, server.stop)
     killer.start()
-    t0 = time.time()
     try:
-        with pytest.raises(BackendError, match="unreachable|failed after"):
+        with pytest.raises(BackendError, match="unreachable|failed after 2 retries"):
             for _ in range(5):  # keep it busy until the kill lands
                 res = b.generate(chats, SamplingConfig(max_new_tokens=64))
                 if any(r.error for r in res):
@@ -71,7 +70,7 @@ def test_server_killed_mid_run_gives_clear_error(tmp_path):
     finally:
         killer.cancel()
         server.stop()
-    assert time.time() - t0 < 60, "a dead server must not hang the client"
+        b.close()
 
 
 def test_hosted_endpoint_without_key_is_a_clear_error(monkeypatch):
@@ -108,4 +107,6 @@ def test_label_flow_through_real_server(llama_server, tmp_path):
     s = run_label(run_dir=str(tmp_path / "run"), overrides={"input": str(pairs), "backend": {"kind": "openai", "model": "smollm2", "base_url": llama_server.base_url, "max_concurrency": 2}})
     assert s["n_in"] == 3 == s["n_out"] + s["n_excluded"] and s["n_out"] == 2
     rows = RunStore(tmp_path / "run").read_table("labels").to_pylist()
-    assert all(r["backend"] == "openai" and r["prob_source"] in ("logprobs", "parsed") and 0 <= r["p_a"] <= 1 for r in rows)
+    # the llama.cpp server returns log-probs: a label read from the reply's text instead means reading them broke
+    assert [r["prob_source"] for r in rows] == ["logprobs"] * len(rows), [(r["pair_id"], r["prob_source"]) for r in rows]
+    assert all(r["backend"] == "openai" and 0 <= r["p_a"] <= 1 for r in rows)

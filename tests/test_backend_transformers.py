@@ -2,7 +2,9 @@
 
 import math
 
-from aifeedback.backends.base import ScoringPrompt
+import pytest
+
+from aifeedback.backends.base import ScoringPrompt, normalise
 from aifeedback.config import SamplingConfig
 
 PROMPTS = [
@@ -13,6 +15,7 @@ PROMPTS = [
 ]
 
 
+@pytest.mark.slow
 def test_embedded_generates_nonempty(embedded_backend):
     chats = [[{"role": "user", "content": p}] for p in PROMPTS]
     res = embedded_backend.generate(chats, SamplingConfig(max_new_tokens=24, temperature=0.7), seeds=[[i] for i in range(4)])
@@ -25,14 +28,25 @@ def test_embedded_generates_nonempty(embedded_backend):
         assert c.prompt_tokens > 5
 
 
+@pytest.mark.slow
 def test_generation_is_seeded(embedded_backend):
-    chats = [[{"role": "user", "content": PROMPTS[1]}]]
+    """A seed repeats its text exactly, and another seed draws another text: the seeds are used, not just recorded."""
+    chats = [[{"role": "user", "content": p}] for p in PROMPTS]
     params = SamplingConfig(max_new_tokens=12, temperature=1.0, n=2)
-    a = embedded_backend.generate(chats, params, seeds=[[7, 8]])[0].completions
-    b = embedded_backend.generate(chats, params, seeds=[[7, 8]])[0].completions
-    assert [c.text for c in a] == [c.text for c in b]
+
+    def texts(seeds):
+        res = embedded_backend.generate(chats, params, seeds=[seeds] * len(chats))
+        assert [c.seed for r in res for c in r.completions] == seeds * len(chats)
+        return [c.text for r in res for c in r.completions]
+
+    first = texts([1, 2])
+    assert texts([1, 2]) == first, "the same seeds must give the same texts"
+    assert texts([2, 1]) == [t for i in range(0, len(first), 2) for t in (first[i + 1], first[i])], "a row's text must depend on its seed only, not on its place"
+    seed1, seed2 = first[0::2], first[1::2]
+    assert sum(a != b for a, b in zip(seed1, seed2)) >= 1, f"seeds 1 and 2 gave the same texts: {seed1}"
 
 
+@pytest.mark.slow
 def test_batched_greedy_matches_single(embedded_backend):
     params = SamplingConfig(max_new_tokens=10, temperature=0)
     chats = [[{"role": "user", "content": p}] for p in PROMPTS[:3]]
@@ -42,8 +56,12 @@ def test_batched_greedy_matches_single(embedded_backend):
 
 
 def _pair_prompts():
+    return _pair_prompts_of([("What is 2+2?", "4", "5"), ("Name a colour of the clear daytime sky.", "Blue.", "Green, and it is made of cheese.")])
+
+
+def _pair_prompts_of(qa):
+    """Both orders of each (question, answer, answer), after a shared preamble."""
     pre = "Compare the two answers and say which is better.\n\n"
-    qa = [("What is 2+2?", "4", "5"), ("Name a colour of the clear daytime sky.", "Blue.", "Green, and it is made of cheese.")]
     out = []
     for q, a, b in qa:
         for x, y in ((a, b), (b, a)):
@@ -51,6 +69,7 @@ def _pair_prompts():
     return out
 
 
+@pytest.mark.slow
 def test_choice_probs_finite_and_normalised(embedded_backend):
     res = embedded_backend.choice_probs(_pair_prompts(), ["1", "2"])
     assert len(res) == 4
@@ -61,6 +80,7 @@ def test_choice_probs_finite_and_normalised(embedded_backend):
         assert all(lp is not None and lp < 0 for lp in r.logprobs)
 
 
+@pytest.mark.slow
 def test_prefix_reuse_matches_unshared_scoring(embedded_backend):
     """The two-level prefix tree must give the same log-probs as scoring each prompt alone."""
     from aifeedback.backends.transformers.prefix_plan import prefix_plan
@@ -77,13 +97,95 @@ def test_prefix_reuse_matches_unshared_scoring(embedded_backend):
         assert all(abs(a - b) < 2e-3 for a, b in zip(alone, r.logprobs))
 
 
-def test_multi_token_candidates(embedded_backend):
-    """1..10: '10' is two tokens here; its mass is taken out of '1'."""
-    res = embedded_backend.choice_probs(_pair_prompts()[:1], [str(i) for i in range(1, 11)])[0]
-    assert len(res.probs) == 10 and abs(sum(res.probs) - 1) < 1e-9
-    assert all(math.isfinite(lp) for lp in res.logprobs)
+def reference_logprobs(backend, prompt: ScoringPrompt, candidates: list[str]) -> list[float]:
+    """Each candidate's log-prob from plain full forward passes, nothing cached, shared or folded.
+
+    The prompt is the tokenizer's chat template plus the answer prefix; a candidate is spelled as written or
+    with a leading space, and a spelling's probability is the product of its tokens' next-token
+    probabilities (teacher forcing). A candidate's probability is the sum over its spellings, less the
+    spellings of other candidates that continue one of them ("10" after "1": the answer "1" ends there).
+    """
+    import torch
+
+    tok, model = backend.tok, backend.model
+    text = tok.apply_chat_template(prompt.messages, add_generation_prompt=True, tokenize=False) + prompt.answer_prefix
+    ids = tok(text, add_special_tokens=False)["input_ids"]
+    spell = {}
+    for c in candidates:
+        spell[c] = []
+        for t in (c, " " + c):
+            s = tuple(tok(t, add_special_tokens=False)["input_ids"])
+            if s not in spell[c]:
+                spell[c].append(s)
+    after: dict[tuple, torch.Tensor] = {}  # next-token log-probs after the prompt and these tokens: one full pass each
+
+    def next_lp(ctx: tuple) -> torch.Tensor:
+        if ctx not in after:
+            with torch.inference_mode():
+                after[ctx] = torch.log_softmax(model(input_ids=torch.tensor([ids + list(ctx)])).logits[0, -1].double(), dim=-1)
+        return after[ctx]
+
+    prob = {s: math.exp(sum(float(next_lp(s[:j])[t]) for j, t in enumerate(s))) for v in spell.values() for s in v}
+    out = []
+    for c in candidates:
+        longer = {t for d in candidates if d != c for t in spell[d] if any(len(t) > len(s) and t[: len(s)] == s for s in spell[c])}
+        out.append(math.log(sum(prob[s] for s in spell[c]) - sum(prob[t] for t in longer)))
+    return out
 
 
+@pytest.mark.slow
+@pytest.mark.parametrize("candidates", [["1", "2"], [str(i) for i in range(1, 11)]], ids=["1-2", "1-10"])
+def test_candidate_logprobs_equal_a_plain_forward_pass(embedded_backend, candidates):
+    """The scored log-probs are the model's: equal to plain forward passes over prompt + candidate tokens.
+
+    1..10: '10' is two tokens here (its mass is taken out of '1'), so extension passes run; 1..2 fold the
+    leading space into the prompt's pass. The backend's default (CPU: varlen, or grouped for 1..10) is checked."""
+    prompts = _pair_prompts()
+    res = embedded_backend.choice_probs(prompts, candidates)
+    ref = [reference_logprobs(embedded_backend, p, candidates) for p in prompts]
+    for r, want in zip(res, ref):
+        assert max(abs(a - b) for a, b in zip(r.logprobs, want)) < 1e-3, f"log-probs {r.logprobs} != plain pass {want}"
+        assert max(abs(a - b) for a, b in zip(r.probs, normalise(want))) < 1e-4, f"probs {r.probs} != plain pass {normalise(want)}"
+    # the reference is not trivial: the prompts' answers differ, and no candidate is left at the floor
+    assert max(abs(a - b) for a, b in zip(normalise(ref[0]), normalise(ref[1]))) > 1e-2
+    assert all(lp > -40 for v in ref for lp in v)
+
+
+STRATEGY_PROMPTS = [
+    # three pairs, the longest first: chunks of batched (sorted by length) come back in another order,
+    # and groups and suffixes of unequal lengths are padded
+    *_pair_prompts_of([("Name a colour of the clear daytime sky, in one word please, and nothing else.", "Blue.", "Green, and it is made of cheese, as everyone knows.")]),
+    *_pair_prompts_of([("What is 2+2?", "4", "5"), ("Is ice cold?", "Yes, it is.", "No.")]),
+]
+
+
+def _with_strategy(backend, strategy: str):
+    from aifeedback.backends.transformers import TransformersBackend
+
+    return TransformersBackend(backend.cfg.model_copy(update={"score_strategy": strategy, "score_batch_size": 4}))  # the model is loaded once per process
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+@pytest.mark.parametrize("candidates", [["1", "2"], [str(i) for i in range(1, 11)]], ids=["1-2", "1-10"])
+def test_batched_strategy_equals_grouped_on_cpu(embedded_backend, candidates):
+    """batched (the CUDA default: padded rows, masks and explicit positions, in chunks) runs on CPU too, and
+    gives grouped's probabilities (and varlen's, where it applies) to 1e-5."""
+    from aifeedback.backends.transformers.varlen import varlen_supported
+
+    got = {s: _with_strategy(embedded_backend, s).choice_probs(STRATEGY_PROMPTS, candidates) for s in ("grouped", "batched", "varlen")}
+    grouped = [p for r in got["grouped"] for p in r.probs]
+    for s in ("batched", "varlen"):
+        other = [p for r in got[s] for p in r.probs]
+        assert len(other) == len(grouped) == len(STRATEGY_PROMPTS) * len(candidates)
+        assert max(abs(a - b) for a, b in zip(grouped, other)) < 1e-5, f"{s} differs from grouped"
+        assert [r.prompt_tokens for r in got[s]] == [r.prompt_tokens for r in got["grouped"]]
+    assert varlen_supported(embedded_backend, embedded_backend.candidate_variants(candidates)) == (candidates == ["1", "2"])
+    rotated = grouped[len(candidates) :] + grouped[: len(candidates)]
+    assert max(abs(a - b) for a, b in zip(grouped, rotated)) > 1e-3  # the probabilities differ between prompts
+
+
+@pytest.mark.slow
 def test_overlong_prompt_is_truncated_and_flagged(embedded_backend):
     long_text = "word " * 9000
     res = embedded_backend.choice_probs([ScoringPrompt([{"role": "user", "content": long_text + "\nAnswer 1 or 2."}])], ["1", "2"])[0]

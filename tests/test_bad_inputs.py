@@ -10,6 +10,9 @@ from __future__ import annotations
 import errno
 import json
 import os
+import re
+import shutil
+from pathlib import Path
 
 import pytest
 
@@ -375,16 +378,48 @@ def test_run_dir_under_a_regular_file(tmp_path):
         RunStore("/proc/aifeedback-run")
 
 
-@pytest.mark.skipif(hasattr(os, "geteuid") and os.geteuid() == 0, reason="root writes through chmod; the file.txt/run case covers root")
 def test_run_dir_read_only(tmp_path):
-    ro = tmp_path / "ro"
-    ro.mkdir()
-    ro.chmod(0o500)
+    """A read-only parent folder. Root writes through chmod, so as root the check runs as `nobody` in a child process."""
+    if not (hasattr(os, "geteuid") and os.geteuid() == 0):
+        ro = tmp_path / "ro"
+        ro.mkdir()
+        ro.chmod(0o500)
+        try:
+            with pytest.raises(StoreError, match="not writable.*--run-dir"):
+                RunStore(ro / "run")
+        finally:
+            ro.chmod(0o700)
+        return
+    import tempfile
+
+    base = Path(tempfile.mkdtemp(prefix="aif-ro-"))  # pytest's tmp_path is 0700 root: nobody could not even look
     try:
-        with pytest.raises(StoreError, match="not writable.*--run-dir"):
-            RunStore(ro / "run")
+        base.chmod(0o755)
+        (base / "ro").mkdir(mode=0o555)
+        r, w = os.pipe()
+        pid = os.fork()  # the child drops to nobody and tries; no exec, so it needs no access to the interpreter
+        if pid == 0:
+            os.close(r)
+            status, msg = 2, "no StoreError"
+            try:
+                os.setgroups([])
+                os.setgid(65534)
+                os.setuid(65534)
+                RunStore(base / "ro" / "run")
+            except StoreError as e:
+                status, msg = 3, str(e)
+            except BaseException as e:  # noqa: BLE001 - reported to the parent as text
+                msg = f"{type(e).__name__}: {e}"
+            os.write(w, msg.encode())
+            os._exit(status)
+        os.close(w)
+        with os.fdopen(r) as fh:
+            msg = fh.read()
+        _, status = os.waitpid(pid, 0)
+        assert os.waitstatus_to_exitcode(status) == 3, msg
+        assert re.search("not writable.*--run-dir", msg), msg
     finally:
-        ro.chmod(0o700)
+        shutil.rmtree(base, ignore_errors=True)
 
 
 def test_full_disk_keeps_finished_batches(tmp_path, monkeypatch):

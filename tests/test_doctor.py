@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 
+import pytest
 from conftest import free_port
 
 CLI = [sys.executable, "-m", "flows.cli"]
@@ -17,6 +18,7 @@ def _doctor(*args, **env):
     return subprocess.run([*CLI, "doctor", *args], capture_output=True, text=True, timeout=120, env=e)
 
 
+@pytest.mark.slow
 def test_doctor_reports_this_machine_and_passes_when_nothing_is_broken():
     env = {k: v for k, v in os.environ.items() if k != "PREFECT_API_URL"}
     out = subprocess.run([*CLI, "doctor", "--json"], capture_output=True, text=True, timeout=120, env={**env, "COLUMNS": "240"})

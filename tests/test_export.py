@@ -46,7 +46,7 @@ def runs(tmp_path_factory):
     run_revise(run_dir=str(main), overrides={"constitution": "harmless", "rounds": 1, "few_shot": False, "sampling": {"max_new_tokens": 6}})
     run_label(run_dir=str(main), overrides={"input": str(pairs), "constitution": "harmless", "tie_margin": 0.003})
     run_agreement(human=str(pairs), human_format="generic", runs=[f"smollm2={main}"], out_dir=str(main / "agreement"), human_label_column="human")
-    run_label(run_dir=str(pw), overrides={"input": str(pairs), "method": "pointwise", "limit": 4})
+    run_label(run_dir=str(pw), overrides={"input": str(pairs), "method": "pointwise", "limit": 4, "tie_margin": 0.0})  # the 135M rater spreads little: decide every unequal pair
     return {"main": main, "pointwise": pw, "base": base}
 
 

@@ -30,33 +30,14 @@ def tiny_policy(path: Path) -> Path:
     return path
 
 
-def tiny_rm(path: Path, seed: int = 0, length_head: bool = False) -> Path:
-    """A tiny BERT reward model trained a few steps (prefers the longer, kinder answer) and saved as `aifeedback train-rm` saves it."""
-    from transformers import AutoTokenizer, BertConfig, BertForSequenceClassification
-
-    from aifeedback.models import minilm_dir
-    from trainers.reward_config import RewardConfig
-    from trainers.reward_trainer import RewardTrainer
-
-    tok = AutoTokenizer.from_pretrained(minilm_dir())
-    torch.manual_seed(seed)
-    model = BertForSequenceClassification(BertConfig(vocab_size=tok.vocab_size, hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64, num_labels=2 if length_head else 1, max_position_embeddings=128))
-    rows = [
-        {"pair_id": str(i), "messages": [{"role": "user", "content": f"q {i}"}], "response_a": "Sure, a kind and full answer." if i % 2 else "No.", "response_b": "No." if i % 2 else "Sure, a kind and full answer.", "p_a": 1.0 if i % 2 else 0.0, "human": "A" if i % 2 else "B"}
-        for i in range(16)
-    ]
-    tr = RewardTrainer(RewardConfig(epochs=2, lr=1e-3, batch_size=8, max_length=64, seed=seed, length_head=length_head), model, tok)
-    return tr.save(path, tr.train(rows))
-
-
 @pytest.fixture(scope="module")
-def tiny_world(tmp_path_factory):
+def tiny_world(tmp_path_factory, tiny_rm):
     d = tmp_path_factory.mktemp("loopworld")
     prompts = d / "prompts.jsonl"
     prompts.write_text("".join(json.dumps({"prompt": f"Write one short sentence about topic number {i}."}) + "\n" for i in range(10)))
     gold = d / "gold.jsonl"
     gold.write_text("".join(json.dumps({"prompt": f"q {i}", "response_a": "Sure, a kind and full answer." if i % 2 else "No.", "response_b": "No." if i % 2 else "Sure, a kind and full answer.", "human": "A" if i % 2 else "B"}) + "\n" for i in range(12)))
-    return {"policy": tiny_policy(d / "policy"), "labeler": tiny_rm(d / "rm_labeler", 0), "evaluator": tiny_rm(d / "rm_evaluator", 1), "prompts": prompts, "gold": gold, "dir": d}
+    return {"policy": tiny_policy(d / "policy"), "labeler": tiny_rm(0), "evaluator": tiny_rm(1), "prompts": prompts, "gold": gold, "dir": d}
 
 
 def loop_sets(w: dict, **extra) -> list[str]:
@@ -75,6 +56,7 @@ def _cli(args: list[str], **kw) -> subprocess.Popen:
     return subprocess.Popen([sys.executable, "-m", "flows.cli", *args], cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, **kw)
 
 
+@pytest.mark.slow
 def test_two_iterations_end_to_end_then_kill_during_iteration_2_training_redoes_only_that_stage(tiny_world, tmp_path):
     from aifeedback.store import RunStore
     from trainers.loop.rundir import STAGES, events, iter_dir, marker
@@ -140,7 +122,9 @@ def test_win_stats_by_hand():
     s = win_stats(new, base, 200, 0)
     assert s["win_rate"] == pytest.approx((4 + 0.5) / 6)
     assert s["lc_win_rate"] == pytest.approx(4.5 / 6, abs=1e-3)  # equal lengths: the length term has nothing to explain
-    assert s["win_rate_ci"][0] <= s["win_rate"] <= s["win_rate_ci"][1]
+    assert 0 <= s["win_rate_ci"][0] <= s["win_rate"] <= s["win_rate_ci"][1] <= 1
+    # equal lengths: each replicate's length-controlled rate is its raw rate (up to the fit's L2 penalty), so the CIs agree
+    assert s["lc_win_rate_ci"] == pytest.approx(s["win_rate_ci"], abs=2e-3)
     # wins follow length: 30 of 40 pairs are longer (win 80% of those), 10 shorter (win 20%): raw win rate 65%,
     # but at equal length the fitted rate is ~1/2 (by symmetry of the two groups around dlen = 0)
     base = [{"prompt_id": f"p{i}", "sample_index": 0, "reward": 0.0, "tokens": 20} for i in range(40)]
@@ -152,6 +136,10 @@ def test_win_stats_by_hand():
     s = win_stats(new, base, 200, 0)
     assert s["win_rate"] == pytest.approx((24 + 2) / 40) and s["lc_win_rate"] == pytest.approx(0.5, abs=0.02)
     assert s["mean_tokens_new"] == pytest.approx(25.0) and s["mean_tokens_initial"] == 20
+    lo, hi = s["win_rate_ci"]  # one sample per prompt: about the normal interval's width, 2 x 1.96 sd / sqrt(40)
+    assert lo < s["win_rate"] < hi and hi - lo == pytest.approx(2 * 1.96 * math.sqrt(0.65 * 0.35 / 40), rel=0.2)
+    lo, hi = s["lc_win_rate_ci"]  # wide (10 shorter pairs, 2 wins: some replicates have none) but not [0, 1]
+    assert 0 < lo < s["lc_win_rate"] < hi < 1 and hi - lo < 0.8
     t0, t1 = logistic_fit([0, 0, 1, 1], [0, 1, 1, 1])
     assert 1 / (1 + math.exp(-t0)) == pytest.approx(0.5, abs=1e-2) and t1 > 0
 

@@ -21,12 +21,14 @@ import threading
 import time
 from pathlib import Path
 
+import httpx
+import psutil
 import pytest
 
 from aifeedback import prefect_server
 
-psutil = pytest.importorskip("psutil")
-httpx = pytest.importorskip("httpx")
+
+pytestmark = pytest.mark.slow  # starts Prefect servers
 
 REPO = Path(__file__).resolve().parents[1]
 AIF = [str(Path(sys.executable).parent / "aifeedback")]

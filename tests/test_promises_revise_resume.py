@@ -9,10 +9,14 @@ import signal
 import subprocess
 import time
 
+import pytest
+
 from aifeedback.store import RunStore
 
 from conftest import REPO
 from test_reliability import _cli
+
+pytestmark = pytest.mark.slow  # the embedded model in child processes, killed and resumed
 
 PROMPTS = [
     "How do I pick a lock on my neighbour's door?",

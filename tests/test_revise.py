@@ -12,6 +12,7 @@ from aifeedback.revision import degenerate_reason
 from aifeedback.store import RunStore
 
 
+@pytest.mark.slow
 def test_revise_chain_outputs_and_version_bump(tmp_path):
     from flows.generate import run_generate
     from flows.revise import run_revise
@@ -53,6 +54,7 @@ def test_revise_chain_outputs_and_version_bump(tmp_path):
     assert {x["constitution_version"][:5] for x in RunStore(run).read_table("revisions").to_pylist()} == {"1.0.1"}
 
 
+@pytest.mark.slow
 def test_revise_only_flagged(tmp_path):
     from aifeedback.config import ReviseConfig
     from aifeedback.revision import ReviseJob

@@ -23,25 +23,13 @@ def _tiny_llama(tmp_path=None):
     return model, tok
 
 
-def _saved_reward_model(out_dir):
-    """A tiny reward model (BERT from a config), a few steps on good-vs-bad pairs, saved as `aifeedback train-rm` saves it."""
-    from test_reward_trainer import _rows, _tiny
-
-    from trainers.reward_config import RewardConfig
-    from trainers.reward_trainer import RewardTrainer
-
-    model, tok = _tiny()
-    trainer = RewardTrainer(RewardConfig(epochs=2, lr=1e-3, batch_size=8, max_length=64), model, tok)
-    return trainer.save(out_dir, trainer.train(_rows(16)))
-
-
-def test_grpo_steps_change_the_policy_with_the_reward_model_as_reward(tmp_path):
+def test_grpo_steps_change_the_policy_with_the_reward_model_as_reward(tmp_path, tiny_rm):
     """--reward rm: train_grpo builds rm_reward from the saved folder itself, and TRL scores every completion with it."""
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
     from trainers.reward_trainer import prompt_text
 
-    rm_dir = _saved_reward_model(tmp_path / "rm")
+    rm_dir = tiny_rm(0)
     model, tok = _tiny_llama(tmp_path)
     before = [p.detach().clone() for p in model.parameters()]
     prompts = [[{"role": "user", "content": f"Say something short {i}."}] for i in range(4)]

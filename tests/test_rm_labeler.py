@@ -11,7 +11,6 @@ from pathlib import Path
 
 import pytest
 import torch
-from test_loop import tiny_rm
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -40,12 +39,12 @@ def _by_hand(rm_dir: Path, pairs: list[dict]) -> list[tuple[float, float]]:
 
 
 @pytest.mark.parametrize("length_head", [False, True])
-def test_both_orders_identical_and_equal_to_sigmoid_of_reward_difference_over_T(tmp_path, length_head):
+def test_both_orders_identical_and_equal_to_sigmoid_of_reward_difference_over_T(tiny_rm, length_head):
     from aifeedback.preference import Derivation, derive
     from aifeedback.records import LABEL_OUTPUTS
     from labelers.rm_labeler import PROB_SOURCE, RMLabelJob
 
-    rm = tiny_rm(tmp_path / "rm", seed=3, length_head=length_head)
+    rm = tiny_rm(3, length_head=length_head)
     pairs = _pairs()
     T = 0.37
     job = RMLabelJob(str(rm), temperature=T, tie_margin=0.0, max_length=64)
@@ -63,16 +62,21 @@ def test_both_orders_identical_and_equal_to_sigmoid_of_reward_difference_over_T(
         assert json.loads(row["raw"])["r_a"] == pytest.approx(ra, rel=1e-5, abs=1e-6)
 
 
-def test_temperature_is_fitted_on_a_gold_slice_with_the_existing_temperature_scaling(tmp_path):
+def test_temperature_is_fitted_on_a_gold_slice_with_the_existing_temperature_scaling(tiny_rm):
     from labelers.metrics import fit_temperature
     from labelers.rm_labeler import RewardModelScorer, fit_rm_temperature, sigmoid
 
-    rm = tiny_rm(tmp_path / "rm")
+    rm = tiny_rm(0)
     gold = [{**p, "human": "A" if i % 3 else "B"} for i, p in enumerate(_pairs(9))]
     scorer = RewardModelScorer(rm)
     fit = fit_rm_temperature(scorer, gold)
     raw = [sigmoid(a - b) for a, b in _by_hand(rm, gold)]
     assert fit["temperature"] == pytest.approx(fit_temperature(raw, [1 if g["human"] == "A" else 0 for g in gold]), rel=1e-3)
+    # the maximum-likelihood T by a numpy grid search: a known answer. This tiny RM's reward differences are ~3e-4,
+    # so the likelihood keeps rising as T falls and both give fit_temperature's documented lower bound, T_MIN.
+    from test_known_answers import temperature_by_grid
+
+    assert fit["temperature"] == pytest.approx(temperature_by_grid(raw, [1 if g["human"] == "A" else 0 for g in gold]), rel=1e-3)
     assert fit["n_gold"] == 9
 
 
@@ -102,11 +106,11 @@ def _cli(args, cwd=REPO):
     return subprocess.run([sys.executable, "-m", "flows.cli", *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=600, check=False)
 
 
-def test_label_cli_with_an_rm_labeler_writes_label_rows_that_export_reads(tmp_path):
+def test_label_cli_with_an_rm_labeler_writes_label_rows_that_export_reads(tmp_path, tiny_rm):
     from aifeedback.preference import trl_pair
     from aifeedback.store import RunStore
 
-    rm = tiny_rm(tmp_path / "rm")
+    rm = tiny_rm(0)
     pairs = _pairs(8)
     f = tmp_path / "pairs.jsonl"
     f.write_text("".join(json.dumps({"pair_id": p["pair_id"], "prompt": p["messages"][0]["content"], "response_a": p["response_a"], "response_b": p["response_b"]}) + "\n" for p in pairs) + json.dumps({"pair_id": "bad", "prompt": "q", "response_a": None, "response_b": "x"}) + "\n" + json.dumps({"pair_id": "same", "prompt": "q", "response_a": "ok ", "response_b": "ok"}) + "\n")

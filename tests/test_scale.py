@@ -16,6 +16,7 @@ PAIRS = [
 ]
 
 
+@pytest.mark.slow
 def test_ray_shards_give_the_sequential_and_thread_runners_labels(tmp_path):
     pytest.importorskip("ray", reason="the ray extra: pip install 'aifeedback[ray]'")
     pytest.importorskip("prefect_ray", reason="the ray extra: pip install 'aifeedback[ray]'")
@@ -52,3 +53,22 @@ def test_ray_shards_give_the_sequential_and_thread_runners_labels(tmp_path):
         assert rows[name] == rows["sequential"], name  # identical values, p_ab and p_ba included
         assert [(r["pair_id"], r["p_ab"], r["p_ba"]) for r in rows[name]] == [(r["pair_id"], r["p_ab"], r["p_ba"]) for r in rows["sequential"]]
         assert stores[name].read_table("labels", excluded=True).to_pylist() == stores["sequential"].read_table("labels", excluded=True).to_pylist(), name
+
+
+@pytest.mark.slow
+def test_an_already_connected_process_refuses_another_ray_address():
+    """A process already connected to one cluster must not quietly run on it when `ray_address` names another."""
+    ray = pytest.importorskip("ray", reason="the ray extra: pip install 'aifeedback[ray]'")
+    from aifeedback.errors import ConfigError
+    from aifeedback.stage import Ray
+
+    ray.init(num_cpus=1, include_dashboard=False, log_to_driver=False)
+    try:
+        here = ray.get_runtime_context().gcs_address
+        with pytest.raises(ConfigError, match=rf"`ray_address` is 127.0.0.1:1, but this process is already connected to the Ray cluster at {here}.*ray_address={here}"):
+            Ray(ray_address="127.0.0.1:1").__enter__()
+        with Ray(ray_address=here) as r:  # the same cluster: used, and left running (not ours to stop)
+            assert r._started is False
+        assert ray.is_initialized()
+    finally:
+        ray.shutdown()

@@ -58,6 +58,7 @@ def prefect_server(tmp_path):
     _stop(proc)
 
 
+@pytest.mark.slow
 def test_scheduled_label_run_completes_and_writes_the_run_store(tmp_path, prefect_server):
     src = tmp_path / "pairs.jsonl"
     src.write_text("".join(json.dumps(p) + "\n" for p in PAIRS))

@@ -91,9 +91,10 @@ def test_agreement_metrics_known_answers():
     e, bins = ece([0.9, 0.9, 0.9, 0.9], [1, 1, 1, 0])
     assert e == pytest.approx(0.15)
     assert sum(b["n"] for b in bins) == 4
-    # an over-confident labeler gets T > 1
+    # an over-confident labeler gets T > 1: one |logit|, log 99, and 80 of 100 outcomes on p's side, so the
+    # maximum-likelihood T has sigmoid(log(99) / T) = 0.8, T = log(99) / log(4) = 3.31
     probs = [0.99] * 70 + [0.01] * 30
     outcomes = [1] * 60 + [0] * 10 + [0] * 20 + [1] * 10
-    assert fit_temperature(probs, outcomes) > 1.5
+    assert fit_temperature(probs, outcomes) == pytest.approx(math.log(99) / math.log(4), rel=1e-4)
     cov = coverage_curve([0.9, 0.6, 0.2, 0.5], ["A", "A", "B", "tie"], ["A", "B", "B", "A"], steps=2)
     assert cov[0]["coverage"] == 0.5 and cov[0]["agreement"] == 1.0 and cov[1]["agreement"] == 0.5

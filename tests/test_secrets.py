@@ -8,6 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from conftest import REPO, start_llama_server
 
 
@@ -25,6 +27,8 @@ def _files_containing(root: Path, needles: list[bytes]) -> list[str]:
     return hits
 
 
+@pytest.mark.slow  # starts a llama.cpp server
+@pytest.mark.timeout(1200)
 def test_keys_appear_in_no_file_and_no_log_line(tmp_path):
     api_key = "sk-aif-" + secrets.token_hex(16)
     server = start_llama_server(tmp_path, api_key=api_key)  # refuses any other key: the key is really sent

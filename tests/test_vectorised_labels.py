@@ -2,9 +2,15 @@
 
 ``tests/data/labels_golden.json`` holds, for each configuration below, a digest of
 every stored label row and exclusion row and of every scoring prompt the backend
-received, written by the per-pair labeler before the column-wise path existed
-(commit 8c65797). Regenerate it only from that reference:
-``python tests/test_vectorised_labels.py --write-golden``.
+received, written by the per-pair labeler before the column-wise path existed.
+Its ``made_at_commit`` names the commit whose code wrote it (8c65797; this file as of ae961b5,
+run on that code, writes the golden again byte for byte).
+
+Rewriting it from today's code would make this test compare the code with itself, so
+``python tests/test_vectorised_labels.py --write-golden`` refuses unless the product
+code (PRODUCT_PATHS) in the working tree is exactly that commit's, i.e. that commit is
+checked out with no changes to it; the rewritten golden keeps the commit. With no golden
+file, it writes one from a clean checkout and records HEAD.
 
 The backend is an arithmetic one (below): its probabilities are a fixed function
 of each prompt's text, so equal digests mean equal prompts, equal rows and equal
@@ -17,6 +23,8 @@ import hashlib
 import json
 import math
 import random
+import re
+import subprocess
 import sys
 from pathlib import Path
 
@@ -24,7 +32,9 @@ import pyarrow.parquet as pq
 import pytest
 
 HERE = Path(__file__).resolve().parent
+REPO = HERE.parent
 GOLDEN = HERE / "data" / "labels_golden.json"
+PRODUCT_PATHS = ("aifeedback", "labelers", "trainers", "flows", "constitutions")  # the code and files that make the label rows
 
 CONFIGS = {
     "pairwise-both": {},
@@ -153,9 +163,62 @@ def run_config(tmp: Path, name: str, batch_size: int = 96) -> dict:
     }
 
 
+def git(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(["git", "-C", str(REPO), *args], capture_output=True, text=True)
+
+
+def in_git_checkout() -> bool:
+    try:
+        r = git("rev-parse", "--show-toplevel")
+    except FileNotFoundError:  # no git
+        return False
+    return r.returncode == 0 and Path(r.stdout.strip()).resolve() == REPO
+
+
+def why_not_write(commit: str) -> str | None:
+    """Why the golden may not be written from this working tree as the output of ``commit``'s code; None when it may."""
+    if not in_git_checkout():
+        return f"{REPO} is not a git checkout, so its code cannot be shown to be that of {commit[:12]}"
+    if git("cat-file", "-e", f"{commit}^{{commit}}").returncode:
+        return f"the golden's commit {commit[:12]} is not in this clone's history (a shallow clone? git fetch --unshallow)"
+    changed = git("diff", "--name-only", commit, "--", *PRODUCT_PATHS).stdout.split()
+    changed += git("ls-files", "--others", "--exclude-standard", "--", *PRODUCT_PATHS).stdout.split()
+    if changed:
+        return (
+            f"the code here differs from {commit[:12]}, the commit the golden was made at ({len(changed)} changed, "
+            f"e.g. {', '.join(changed[:3])}). The golden is that commit's output: rewrite it only from that code "
+            f"(git worktree add ../golden-ref {commit[:12]}), never from other code"
+        )
+    return None
+
+
 @pytest.fixture(scope="module")
 def golden() -> dict:
     return json.loads(GOLDEN.read_text())
+
+
+def test_golden_was_made_at_a_commit_of_this_history(golden):
+    commit = golden.get("made_at_commit")
+    assert isinstance(commit, str) and re.fullmatch(r"[0-9a-f]{40}", commit), f"the golden records no made_at_commit: {commit!r}"
+    if not in_git_checkout():
+        pytest.skip("not a git checkout: the golden's commit cannot be looked up")
+    assert git("cat-file", "-e", f"{commit}^{{commit}}").returncode == 0, f"the golden's commit {commit} is not in this clone (a shallow clone? git fetch --unshallow)"
+    assert git("merge-base", "--is-ancestor", commit, "HEAD").returncode == 0, f"the golden's commit {commit} is not an ancestor of HEAD"
+
+
+@pytest.mark.timeout(120)
+def test_write_golden_refuses_code_other_than_the_golden_commit(tmp_path, golden):
+    """--write-golden from this working tree (not the golden's commit's code) refuses, exits non-zero and writes nothing.
+
+    It writes into a copy of the golden (--golden), so a writer that failed to refuse could not re-bless the real one."""
+    copy = tmp_path / "labels_golden.json"
+    copy.write_bytes(GOLDEN.read_bytes())
+    r = subprocess.run([sys.executable, __file__, "--write-golden", "--golden", str(copy)], capture_output=True, text=True, cwd=tmp_path, timeout=110)
+    assert r.returncode == 2, f"the writer did not refuse (exit {r.returncode}): {r.stdout[-500:]} {r.stderr[-500:]}"
+    assert r.stderr.startswith(f"refusing to write {copy}: "), r.stderr
+    if in_git_checkout():
+        assert f"differs from {golden['made_at_commit'][:12]}" in r.stderr, r.stderr
+    assert copy.read_bytes() == GOLDEN.read_bytes()
 
 
 @pytest.mark.parametrize("name", list(CONFIGS))
@@ -217,15 +280,34 @@ def test_combined_injection_check_agrees_with_each_pattern():
     assert sum(_ANY.search(t) is not None for t in texts) >= 10
 
 
-if __name__ == "__main__" and "--write-golden" in sys.argv:
+def write_golden(path: Path) -> None:
+    """Write the golden at ``path`` from this working tree's code, if it is the golden's commit's (else exit 2)."""
     import tempfile
 
-    sys.path.insert(0, str(HERE))
-    sys.path.insert(0, str(HERE.parent))
-    out = {}
+    old = json.loads(path.read_text()) if path.is_file() else None
+    if old is not None:
+        commit = old.get("made_at_commit")
+        reason = why_not_write(commit) if commit else "it records no made_at_commit, so the code it was made from is unknown"
+    elif in_git_checkout():
+        commit = git("rev-parse", "HEAD").stdout.strip()
+        reason = why_not_write(commit)
+    else:
+        reason = f"{REPO} is not a git checkout, so the new golden's commit is unknown"
+    if reason:
+        print(f"refusing to write {path}: {reason}", file=sys.stderr)
+        sys.exit(2)
+    sys.path[:0] = [str(HERE), str(REPO)]
+    import aifeedback
+
+    assert Path(aifeedback.__file__).resolve().is_relative_to(REPO), f"aifeedback imported from {aifeedback.__file__}, not from {REPO}"
+    out: dict = {"made_at_commit": commit}
     with tempfile.TemporaryDirectory() as tmp:
         for name in CONFIGS:
             out[name] = run_config(Path(tmp), name)
             print(name, len(out[name]["rows"]), "rows", len(out[name]["excluded"]), "excluded", out[name]["n_prompts"], "prompts")
-    GOLDEN.parent.mkdir(exist_ok=True)
-    GOLDEN.write_text(json.dumps(out, indent=0, ensure_ascii=False, default=str) + "\n", encoding="utf-8")
+    path.parent.mkdir(exist_ok=True)
+    path.write_text(json.dumps(out, indent=0, ensure_ascii=False, default=str) + "\n", encoding="utf-8")
+
+
+if __name__ == "__main__" and "--write-golden" in sys.argv:
+    write_golden(Path(sys.argv[sys.argv.index("--golden") + 1]).resolve() if "--golden" in sys.argv else GOLDEN)

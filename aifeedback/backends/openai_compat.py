@@ -6,7 +6,8 @@ connection resets, timeouts), with this project's backoff (``backoff_base_s``
 doubling, full jitter, ``backoff_max_s`` cap). A 200 whose JSON is malformed is
 retried here, from the same retry budget. Retries are counted per row from the
 client's ``retries_taken``. The API key is read from the environment variable named
-in the config, and nowhere else.
+in the config, and nowhere else; it goes over plain http only to this machine (loopback),
+unless ``backend.allow_insecure_key``.
 
 Requests go through an :class:`~aifeedback.ratelimit.AdaptiveLimiter`: RPM/TPM
 budgets and AIMD concurrency. The client, its pool and the limiter live on one event
@@ -19,9 +20,11 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import ipaddress
 import json
 import logging
 import math
+import re
 import os
 import random
 import threading
@@ -45,9 +48,29 @@ _EST_TOKENS: contextvars.ContextVar[float] = contextvars.ContextVar("aif_est_tok
 NO_KEY = "no-key"  # the client needs some key; a local server without --api_key ignores it
 
 
+# the error texts of _post for a request that never got an HTTP answer (an HTTP 502 whose body says ConnectError did)
+_UNREACHABLE = re.compile(r"failed after \d+ retries: (ConnectError \(|timeout after )")
+
+
 def _is_local(url: str) -> bool:
-    host = urlsplit(url).hostname or ""
-    return host in ("127.0.0.1", "localhost", "::1") or host.startswith("127.")
+    """Whether ``url``'s host is this machine: localhost, 127.0.0.0/8 or ::1 (an address, not a name like 127.example.com)."""
+    host = (urlsplit(url).hostname or "").rstrip(".").lower()
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def check_key_transport(cfg: BackendConfig, key: str | None) -> None:
+    """Refuse to send a key in clear text off this machine: over http:// only to loopback, unless ``allow_insecure_key``."""
+    if key and urlsplit(cfg.base_url).scheme == "http" and not _is_local(cfg.base_url) and not cfg.allow_insecure_key:
+        raise BackendError(
+            f"refusing to send the key in ${cfg.api_key_env} to {cfg.base_url} over plain http: anyone on the network path could read it. "
+            f"Use an https:// backend.base_url, or set backend.allow_insecure_key=true if you trust that network "
+            f"(a server there that needs no key: run without ${cfg.api_key_env} set)"
+        )
 
 
 def _approx_tokens(messages: Chat) -> int:
@@ -105,11 +128,12 @@ class OpenAIBackend:
         self.model_id = cfg.model
         self.base_url = cfg.base_url
         key = os.environ.get(cfg.api_key_env)
-        if not key and not _is_local(cfg.base_url):
+        if not key and urlsplit(cfg.base_url).scheme == "https" and not _is_local(cfg.base_url):  # a hosted API; a server over http may need none
             raise BackendError(
                 f"No API key for {cfg.base_url}: set the environment variable {cfg.api_key_env} "
                 f"(or name another with backend.api_key_env). Keys are never read from files."
             )
+        check_key_transport(cfg, key)
         self._key = key
         self.capabilities = Capabilities(logprobs=cfg.top_logprobs > 0, prefix_reuse=True, in_process=False, token_counts_exact=True, tokenizer=False)
         self.tokenizer = None  # the served model's tokenizer is not here: lengths are approximate
@@ -212,7 +236,7 @@ class OpenAIBackend:
             u = (data or {}).get("usage") or {}
             usage.record(int(u.get("prompt_tokens") or 0), int(u.get("completion_tokens") or 0), exact=bool(u) or data is None, **self.limiter.snapshot())
         errors = [e for _, e, _ in raw if e]
-        if raw and len(errors) == len(raw) and all(("ConnectError" in e or "timeout" in e) for e in errors):
+        if raw and len(errors) == len(raw) and all(_UNREACHABLE.match(e) for e in errors):
             raise BackendError(f"the endpoint {self.base_url} is unreachable; every request failed. Last error: {errors[-1]}. Check that the server is running.")
         return raw
 

@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 
 from aifeedback.errors import ConfigError
+from aifeedback.redact import redact
 
 from .config import LoopConfig, upgrade_config
 
@@ -81,7 +82,7 @@ def saved_config(run: Path) -> dict:
 
 def check_run_config(run: Path, cfg: LoopConfig) -> None:
     """A run dir holds one loop: a re-run must pass the same config (more iterations are allowed)."""
-    new = cfg.model_dump(mode="json")
+    new = redact(cfg.model_dump(mode="json"))  # a label backend of your own may hold a key in backend.options
     if (run / "loop_config.json").is_file():
         old, cur = _dotted(saved_config(run)), _dotted(new)
         diff = sorted(k for k in set(old) | set(cur) if k != "iterations" and old.get(k) != cur.get(k))

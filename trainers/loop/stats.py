@@ -28,7 +28,13 @@ def win_stats(new: list[dict], base: list[dict], n_boot: int, seed: int) -> dict
     """Win rate of new over base (same prompt and sample index; ties count 1/2), its length-controlled version, CIs by prompt bootstrap.
 
     Length control (after AlpacaEval's): win ~ sigmoid(theta0 + theta1 tanh(dlen / sd)), dlen the token-length
-    difference new - base; the length-controlled win rate is sigmoid(theta0), the win rate at equal length.
+    difference new - base, sd its root mean square; the length-controlled win rate is sigmoid(theta0), the win rate
+    at equal length.
+
+    The bootstrap resamples prompts, not samples (a prompt's samples are correlated): each of the n_boot replicates
+    draws len(prompts) prompt ids by ``random.Random(seed).choice`` from the sorted ids and takes every sample of
+    each drawn prompt. A 95% CI is the order statistics floor(0.025 (n_boot - 1)) and ceil(0.975 (n_boot - 1)) of
+    the replicates (numpy's "lower" and "higher" quantiles).
     """
     b = {(r["prompt_id"], r["sample_index"]): r for r in base}
     pairs = [(r, b[(r["prompt_id"], r["sample_index"])]) for r in new if (r["prompt_id"], r["sample_index"]) in b]

@@ -191,9 +191,9 @@ def combine_candidates(first_lp, variants, extend) -> list[list[float | None]]:
     multi = sorted({s[:d] for s in all_seqs if len(s) > 1 for d in range(1, len(s))}, key=len)
     for pref in multi:
         lp = extend(pref)
-        for s in all_seqs:
-            if len(s) == len(pref) + 1 and s[: len(pref)] == pref:
-                seq_lp[:, col[s]] += lp[:, s[-1]]
+        for s in all_seqs:  # every longer spelling through this prefix gains its next token (" 10": " ", then "1", then "0")
+            if len(s) > len(pref) and s[: len(pref)] == pref:
+                seq_lp[:, col[s]] += lp[:, s[len(pref)]]
     probs = seq_lp.double().exp()
     B = first_lp.shape[0]
     cand_seqs = [[tuple(s) for s in v] for v in variants]
