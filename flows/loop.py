@@ -3,8 +3,10 @@
 Each iteration: the current policy samples n responses per training prompt; the labeler
 (an LLM judge on any backend, or a reward model) labels every pair; TRL's DPO (or GRPO
 with the RM as reward) trains from the current policy; the evaluator compares the new
-policy with the initial one on held-out prompts. A stage with a finished marker is
-skipped, so a re-run after a crash redoes only the unfinished stage.
+policy with the initial one on held-out prompts (each of several evaluators on the same
+samples, and how often two of them agree). A stage with a finished marker is skipped, so a
+re-run after a crash redoes only the unfinished stage, and a re-run with other evaluators
+only the eval stages.
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ def loop_stage(run_dir: str, k: int, stage: str, cfg: LoopConfig, train: list, h
         "train": lambda: S.stage_train(run, cfg, k, train),
         "eval": lambda: S.stage_eval(run, cfg, k, held),
     }
-    return run_stage(run, k, stage, fns[stage])
+    return run_stage(run, k, stage, fns[stage], key=S.evaluator_key(cfg) if stage == "eval" else None)
 
 
 def run_loop(run_dir: str = "runs/loop", config_path: str | None = None, overrides: dict | None = None, compare: dict | None = None) -> dict:
@@ -56,8 +58,12 @@ def run_loop(run_dir: str = "runs/loop", config_path: str | None = None, overrid
         for stage in stages:
             it[stage] = loop_stage(str(run), k, stage, cfg, train, held)
         e = it["eval"]
-        print(f"iteration {k}: win rate {e['win_rate']:.1%} [{e['win_rate_ci'][0]:.1%}, {e['win_rate_ci'][1]:.1%}], LC {e['lc_win_rate']:.1%} [{e['lc_win_rate_ci'][0]:.1%}, {e['lc_win_rate_ci'][1]:.1%}], tokens {e['mean_tokens_new']:.1f} (initial {e['mean_tokens_initial']:.1f}), KL {e['kl_to_initial']:.3f}")
-        summary["iterations"].append({"iteration": k, **{s: it[s].get("seconds") for s in stages}, "win_rate": e["win_rate"], "lc_win_rate": e["lc_win_rate"]})
+        print(f"iteration {k}: tokens {e['mean_tokens_new']:.1f} (initial {e['mean_tokens_initial']:.1f}), KL {e['kl_to_initial']:.3f}")
+        for v in e["evaluators"]:
+            print(f"  evaluator {v['name']}: win rate {v['win_rate']:.1%} [{v['win_rate_ci'][0]:.1%}, {v['win_rate_ci'][1]:.1%}], LC {v['lc_win_rate']:.1%} [{v['lc_win_rate_ci'][0]:.1%}, {v['lc_win_rate_ci'][1]:.1%}]" + ("" if v["independent"] else " (the labeler's own reward model: not independent)"))
+        for a in e["agreement"]:
+            print(f"  {a['a']} and {a['b']} pick the same winner on " + ("no pair" if a["agreement"] is None else f"{a['agreement']:.1%} of {a['n']} pairs (chance {a['chance']:.1%}; {a['n_tied']} with a tie left out)"))
+        summary["iterations"].append({"iteration": k, **{s: it[s].get("seconds") for s in stages}, "evaluators": {v["name"]: {"win_rate": v["win_rate"], "lc_win_rate": v["lc_win_rate"]} for v in e["evaluators"]}, "agreement": e["agreement"]})
     runs = {f"{Path(run).name} ({cfg.labeler if cfg.rm_path else 'llm:' + cfg.label.backend.model})": run, **(compare or {})}
     write_report(runs, run)
     summary["report"] = str(run / "report.html")

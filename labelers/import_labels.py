@@ -11,6 +11,9 @@ agreement and export then read them like any labelled run.
 Pairs with no verdict become exclusion rows ("no_verdict"); verdicts whose id matches no
 pair, and unreadable verdicts, are counted in the summary; when no id matches at all it
 is an error that shows ids from both sides.
+
+AlpacaEval annotations bring their own pairs (labelers/alpaca_eval.py) and run through
+the same :class:`ImportJob`, their derived pairs marked ``prob_source`` "derived:bradley_terry".
 """
 
 from __future__ import annotations

@@ -67,6 +67,19 @@ def _head_config(p: Path) -> dict:
         return {}
 
 
+def align_padding(model, tok) -> None:
+    """Pad on the right with a pad id the model knows. A decoder backbone (Llama, SmolLM2) reads the reward at the
+    rightmost token that is not its config's pad_token_id, so that id must be the tokenizer's pad (a tokenizer
+    without one pads with its end-of-sequence token); right padding keeps every real token at the position it
+    has when scored alone, for absolute position embeddings (BERT) too."""
+    if tok.pad_token_id is None:
+        if tok.eos_token is None:
+            raise InputError(f"the tokenizer of {model.config.name_or_path or 'the backbone'} has neither a pad nor an end-of-sequence token; set pad_token in its tokenizer_config.json")
+        tok.pad_token = tok.eos_token
+    tok.padding_side = "right"
+    model.config.pad_token_id = tok.pad_token_id
+
+
 class RewardModelScorer:
     """r(prompt, response) from a saved reward model: output 0 (the quality head when ODIN's length head is present)."""
 
@@ -82,6 +95,7 @@ class RewardModelScorer:
         self.length_head = bool(head.get("length_head"))
         self.tok = AutoTokenizer.from_pretrained(path)
         self.model = AutoModelForSequenceClassification.from_pretrained(path).eval()
+        align_padding(self.model, self.tok)
         self._torch = torch
         self._lock = threading.Lock()
 

@@ -100,7 +100,8 @@ def test_two_iterations_end_to_end_then_kill_during_iteration_2_training_redoes_
         assert all(r["prob_source"] == "reward_model:position_free" and r["p_ab"] == r["p_ba"] and r["consistent"] for r in labels)
         assert (d / "policy" / "config.json").is_file() and (d / "eval.parquet").is_file()
         ev = json.loads(marker(run, k, "eval").read_text())
-        assert 0 <= ev["win_rate_ci"][0] <= ev["win_rate"] <= ev["win_rate_ci"][1] <= 1 and ev["n"] == 4 * 2
+        (v,) = ev["evaluators"]
+        assert 0 <= v["win_rate_ci"][0] <= v["win_rate"] <= v["win_rate_ci"][1] <= 1 and v["n"] == ev["n"] == 4 * 2
         assert math.isfinite(ev["kl_to_initial"]) and ev["mean_tokens_new"] > 0
     assert (iter_dir(run, 2) / "policy").resolve() != (iter_dir(run, 1) / "policy").resolve()
     assert json.loads(marker(run, 2, "sample").read_text())["policy"] == str(iter_dir(run, 1) / "policy")  # iteration 2 starts from iteration 1's policy
@@ -161,7 +162,7 @@ def test_bad_inputs_are_clear_messages(tiny_world, tmp_path):
         check_inputs(LoopConfig(prompts=str(tiny_world["prompts"]), evaluator=str(tmp_path)))
     with pytest.warns(UserWarning, match="not independent"):
         notes = check_inputs(LoopConfig(prompts=str(tiny_world["prompts"]), labeler=f"rm:{tiny_world['labeler']}", evaluator=str(tiny_world["labeler"])))
-    assert notes == [INDEPENDENCE_WARNING]
+    assert notes == [INDEPENDENCE_WARNING.format(name=tiny_world["labeler"].name)]
     p = _cli(["loop", "--run-dir", str(tmp_path / "r"), "--set", "iterations=0", "--set", f"prompts={tiny_world['prompts']}"])
     out = p.communicate()[0]
     assert p.returncode == 2 and "iterations must be at least 1" in out, out[-2000:]

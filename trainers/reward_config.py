@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from aifeedback.config import StrictModel
 from aifeedback.models import DEFAULT_REWARD_BACKBONE
@@ -12,7 +12,7 @@ from aifeedback.preference import ConsistencyFilter, MinConfidence
 
 
 class RewardConfig(StrictModel):
-    backbone: str = Field(DEFAULT_REWARD_BACKBONE, description="Sequence-classification backbone: embedded MiniLM, a local folder or a Hugging Face id.")
+    backbone: str = Field(DEFAULT_REWARD_BACKBONE, description="Sequence-classification backbone: embedded/all-minilm-l6-v2 (MiniLM, the default), embedded/smollm2-135m-instruct (a decoder with a value head read at the last token that is not padding), a local folder or a Hugging Face id.")
     labels: Literal["soft", "hard"] = Field("soft", description="soft: BCE(sigmoid(r_A - r_B), p(A>B)) on the AI soft labels; hard: -log sigmoid(r_w - r_l - margin) on hard labels, the argmax of p(A>B) (a baseline).")
     margin: float = Field(0.0, ge=0, description="hard labels: the margin subtracted inside the sigmoid.")
     min_confidence: MinConfidence = 0.0
@@ -28,3 +28,10 @@ class RewardConfig(StrictModel):
     length_weight: float = Field(1.0, ge=0, description="length_head: weight of the correlation terms |corr(r_quality, length)| - corr(r_length, length) added to the pairwise loss.")
     length_balance: bool = Field(False, description="Weight training pairs so that pairs won by the longer response and pairs won by the shorter one count equally in the loss.")
     early_stopping: bool = Field(False, description="After each epoch, score the gold slice (pairs with a human label passed as gold rows) and keep the weights of the best epoch.")
+    length_control: Literal["none", "residual"] = Field("none", description="residual: before training, fit the judge's length effect, logit p(A>B) = beta1 * tanh((chars_A - chars_B) / s) + rest (AlpacaEval's length-controlled feature; s is the root mean square of the length difference; least squares on the log-odds, no intercept, so swapping A and B changes nothing), and train on sigmoid(logit p - beta1 * tanh((chars_A - chars_B) / s)), the preference with the length term removed; beta1 and s are saved beside the model. Soft labels only.")
+
+    @model_validator(mode="after")
+    def _length_control_needs_soft_labels(self):
+        if self.length_control == "residual" and self.labels == "hard":
+            raise ValueError("length_control=residual rewrites the soft targets p(A>B), and labels=hard trains on their argmax instead: set labels=soft, or keep labels=hard and control length with length_balance=true or length_head=true")
+        return self

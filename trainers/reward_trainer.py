@@ -10,7 +10,10 @@ pairwise loss sees r_quality + r_length while |corr(r_quality, log length)| is
 penalised and corr(r_length, log length) rewarded; only output 0 (quality) is the
 reward afterwards. ``length_balance`` weights pairs so that longer-won and
 shorter-won pairs count equally; ``early_stopping`` keeps the best epoch on a gold
-slice with human labels.
+slice with human labels. ``length_control="residual"`` changes the targets instead
+of the model: :func:`fit_length_effect` fits the judge's length effect on the soft
+labels (AlpacaEval's length-controlled regression) and :func:`residual_targets`
+removes it before training.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ from pathlib import Path
 
 from aifeedback.errors import InputError
 from aifeedback.preference import select, winner
+from labelers.rm_labeler import align_padding, sigmoid
 
 from .reward_config import RewardConfig
 
@@ -71,6 +75,75 @@ def balance_weights(rows: list[dict]) -> list[float]:
     return [1.0 if s is None else total / (2 * n[s]) for s in side]
 
 
+LENGTH_MEASURE = "characters"  # len(response), as AlpacaEval's `str.len()`: no tokenizer, so beta1 and s compare across backbones
+_P_CLIP = 1e-6  # judge_logit clips p to [1e-6, 1 - 1e-6]: a label of 0 or 1 counts as log-odds of -13.8 or 13.8
+
+
+def length_delta(row: dict) -> int:
+    return len(row["response_a"]) - len(row["response_b"])
+
+
+def judge_logit(p: float) -> float:
+    """log(p / (1 - p)), the judge's log-odds that A is better; p is clipped to [1e-6, 1 - 1e-6] first."""
+    p = min(max(float(p), _P_CLIP), 1 - _P_CLIP)
+    return math.log(p / (1 - p))
+
+
+@dataclass(frozen=True)
+class LengthFit:
+    """The judge's length effect: logit p(A>B) = beta1 * tanh(delta / scale) + the rest, delta = len(A) - len(B) in characters."""
+
+    beta1: float
+    scale: float
+    n_pairs: int
+
+    def term(self, row: dict) -> float:
+        return self.beta1 * math.tanh(length_delta(row) / self.scale) if self.scale else 0.0
+
+    def as_dict(self) -> dict:
+        return {
+            "method": "residual",
+            "model": "logit p(A>B) = beta1 * tanh((len(response_a) - len(response_b)) / scale) + rest; least squares on the judge's log-odds, no intercept",
+            "beta1": self.beta1,
+            "scale": self.scale,
+            "measure": LENGTH_MEASURE,
+            "n_pairs": self.n_pairs,
+        }
+
+
+def fit_length_effect(rows: list[dict]) -> LengthFit:
+    """beta1 of logit p_a = beta1 * x + rest, x = tanh(delta / s), by least squares on the judge's log-odds.
+
+    The feature is AlpacaEval's length-controlled one: delta in characters, squashed by tanh; s is the root mean
+    square of delta (the standard deviation of the pairs together with their swaps). Least squares makes the
+    residual log-odds uncorrelated with x, and it recovers the length effect when the rest (content) is independent
+    of length. Maximum likelihood with the soft labels as targets (AlpacaEval's fit) does not: with content left out
+    of the model its slope shrinks towards 0 (to about half of it at a content spread of 3 logits), and the
+    residual would keep the rest of the length preference. There is no intercept: the order of A and B is a
+    presentation choice, so the fit is odd in delta and swapping A and B in any pair (x -> -x, logit -> -logit)
+    changes neither beta1 nor s. Content that correlates with length is counted as length.
+    """
+    if not rows:
+        raise InputError("no pairs to fit the length effect on; label pairs first, or set length_control=none")
+    deltas = [length_delta(r) for r in rows]
+    scale = math.sqrt(sum(d * d for d in deltas) / len(deltas))
+    if scale == 0:  # every pair has equal lengths: no length signal to remove
+        return LengthFit(0.0, 0.0, len(rows))
+    xs = [math.tanh(d / scale) for d in deltas]
+    beta1 = sum(judge_logit(r["p_a"]) * x for r, x in zip(rows, xs)) / sum(x * x for x in xs)
+    return LengthFit(beta1, scale, len(rows))
+
+
+def residual_targets(rows: list[dict], fit: LengthFit) -> list[dict]:
+    """Copies of ``rows`` whose p_a is sigmoid(logit p_a - fit.term(row)), the judge's preference at equal length;
+    the judge's own label stays in p_a_judge."""
+    out = []
+    for r in rows:
+        term = fit.term(r)
+        out.append({**r, "p_a": sigmoid(judge_logit(r["p_a"]) - term) if term else float(r["p_a"]), "p_a_judge": r["p_a"]})
+    return out
+
+
 def prompt_text(messages: list[dict]) -> str:
     return "\n".join(f"{m['role']}: {m['content']}" for m in messages if m["role"] != "system")
 
@@ -100,6 +173,7 @@ class RewardResult:
     seconds: float = 0.0
     gold_curve: list[float] = field(default_factory=list)  # early_stopping: gold accuracy after each epoch
     best_epoch: int | None = None
+    length_control: dict | None = None  # length_control=residual: the fitted LengthFit.as_dict()
 
 
 class RewardTrainer:
@@ -119,8 +193,7 @@ class RewardTrainer:
         self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
         self.amp = self.device.type == "cuda" and torch.cuda.is_bf16_supported()
         self.model, self.tok = model.to(self.device), tokenizer
-        if self.model.config.pad_token_id is None and self.tok.pad_token_id is not None:
-            self.model.config.pad_token_id = self.tok.pad_token_id
+        align_padding(self.model, self.tok)
 
     def outputs(self, prompts: list[str], responses: list[str]):
         """All heads: shape (n, 1), or (n, 2) with the ODIN length head (column 0 is quality)."""
@@ -172,6 +245,9 @@ class RewardTrainer:
         if cfg.early_stopping and not [r for r in gold_rows or [] if r.get("human") in ("A", "B")]:
             raise InputError("early_stopping needs gold rows with a human label A or B (pass gold_rows), or set early_stopping=false")
         res = RewardResult(n_train=len(kept), dropped=dropped)
+        if cfg.length_control == "residual":
+            fit = fit_length_effect(kept)
+            kept, res.length_control = residual_targets(kept, fit), fit.as_dict()
         weights = balance_weights(kept) if cfg.length_balance else None
         opt = torch.optim.AdamW(self.model.parameters(), lr=cfg.lr)
         rng = random.Random(cfg.seed)
@@ -238,6 +314,8 @@ class RewardTrainer:
         self.model.save_pretrained(out)
         self.tok.save_pretrained(out)
         (out / "aifeedback_reward_config.json").write_text(self.cfg.model_dump_json(indent=2))  # labelers.rm_labeler reads length_head from it
+        if result.length_control:
+            (out / "aifeedback_length_control.json").write_text(json.dumps(result.length_control, indent=2))
         card = [
             "---",
             "library_name: transformers",
@@ -251,6 +329,7 @@ class RewardTrainer:
             f"- training pairs: {result.n_train} (dropped: {result.dropped})",
             f"- held-out human-label accuracy: {result.eval_accuracy if result.eval_accuracy is not None else 'n/a'} on {result.n_eval} pairs",
             f"- final training loss: {result.losses[-1]:.4f} after {len(result.losses)} steps" if result.losses else "",
+            f"- length control: targets with the judge's length effect removed, beta1 = {result.length_control['beta1']:.4f} on tanh(delta chars / {result.length_control['scale']:.1f}) (aifeedback_length_control.json)" if result.length_control else "",
             "",
             "## Training config",
             "```json",

@@ -150,12 +150,13 @@ def _run_usage(run_dir: str, as_json: bool) -> None:
 
 
 def config_classes() -> dict[str, type]:
-    """Every config model by class name: the stage configs, their sections, each backend kind's, the trainers'."""
+    """Every config model by class name: the stage configs, their sections, each backend kind's, the trainers', AlpacaEval import's."""
     import aifeedback.config as C
+    from labelers.alpaca_eval import AlpacaEvalConfig
 
     models = [getattr(C, n) for n in C.__all__]
     out = {m.__name__: m for m in models if isinstance(m, type) and issubclass(m, C.StrictModel) and m is not C.StrictModel}
-    return out | {c.__name__: c for c in (RewardConfig, RLConfig, DPOTrainConfig)}
+    return out | {c.__name__: c for c in (RewardConfig, RLConfig, DPOTrainConfig, AlpacaEvalConfig)}
 
 
 @app.command("config")

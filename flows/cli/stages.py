@@ -8,8 +8,9 @@ from typing import Optional
 
 import typer
 
-from aifeedback.config import LabelConfig
+from aifeedback.config import LabelConfig, build_config
 from aifeedback.errors import ConfigError
+from labelers.alpaca_eval import AlpacaEvalConfig
 
 from .app import (
     ConfigPath,
@@ -64,8 +65,12 @@ for _stage in STAGES.values():
 
 @app.command("import-labels")
 def import_labels(
-    verdicts: str = typer.Argument(..., help="The judge's verdict file: PandaLM-style (idx + NAME_result) or any table with an id and a verdict or probability column."),
-    judge: str = typer.Option(..., "--judge", help="The judge's name, recorded as labeler_model on every row (e.g. gpt-3.5-turbo)."),
+    verdicts: str = typer.Argument(..., help="The judge's verdict file: PandaLM-style (idx + NAME_result) or any table with an id and a verdict or probability column; with --format alpaca-eval, the AlpacaEval folder (annotations + references)."),
+    judge: Optional[str] = typer.Option(None, "--judge", help="The judge's name, recorded as labeler_model on every row (e.g. gpt-3.5-turbo); needed for a verdict file, AlpacaEval's is named for you."),
+    source_format: str = typer.Option("verdicts", "--format", help="verdicts: a verdict file for the run's pairs; alpaca-eval: AlpacaEval annotations, which bring their own pairs (labelers/alpaca_eval.py)."),
+    derive_pairs: Optional[str] = opt(AlpacaEvalConfig, "derive_pairs", "--derive-pairs"),
+    eps: Optional[float] = opt(AlpacaEvalConfig, "eps", "--eps"),
+    instructions: Optional[int] = opt(AlpacaEvalConfig, "instructions", "--instructions"),
     run_dir: str = RunDir,
     input: Optional[str] = opt(LabelConfig, "input", "--input", "-i"),
     config: Optional[Path] = ConfigPath,
@@ -76,6 +81,8 @@ def import_labels(
     set_: Optional[list[str]] = Sets,
 ) -> None:
     """Bring a judge's verdicts (a hosted LLM, PandaLM...) into a run as AI labels, with the judge as provenance."""
+    alpaca_eval = {k: v for k, v in (("derive_pairs", derive_pairs), ("eps", eps), ("instructions", instructions)) if v is not None}
     with user_errors():
         cfg = checked_config(LabelConfig, config, set_, overrides_from(LabelConfig, locals()))
-    run_flow("flows.import_labels", "run_import_labels", run_dir=run_dir, verdicts=verdicts, judge=judge, **cfg, id_column=id_column, label_column=label_column, prob_column=prob_column, id_prefix=id_prefix)
+        build_config(AlpacaEvalConfig, None, alpaca_eval)  # a bad value fails here, before any file is read
+    run_flow("flows.import_labels", "run_import_labels", run_dir=run_dir, verdicts=verdicts, judge=judge, **cfg, id_column=id_column, label_column=label_column, prob_column=prob_column, id_prefix=id_prefix, source_format=source_format, alpaca_eval=alpaca_eval)

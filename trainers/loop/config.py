@@ -22,6 +22,7 @@ from aifeedback.errors import InputError
 from aifeedback.models import DEFAULT_POLICY
 
 from ..rl_config import DPOTrainConfig, RLConfig
+from .evaluators import Evaluator, parse_evaluators, read_card
 
 # the loop's defaults where they differ from the trainers' own (a default loop trains as it did with flat keys)
 LOOP_DPO: dict[str, Any] = {"lr": 2e-5, "epochs": 2.0, "batch_size": 4, "max_length": 256, "soft_labels": "none"}
@@ -56,7 +57,7 @@ def _defaults(values: dict) -> str:
     return ", ".join(f"{k} {v}" for k, v in values.items())
 
 
-INDEPENDENCE_WARNING = "the evaluator is the labeler's own reward model: the evaluation is then not independent (the policy is judged by what it was trained to please); pass an evaluator trained on other labels"
+INDEPENDENCE_WARNING = "evaluator {name} is the labeler's own reward model: its evaluation is then not independent (the policy is judged by what it was trained to please); pass an evaluator trained on other labels"
 
 
 class LoopConfig(StrictModel):
@@ -78,7 +79,7 @@ class LoopConfig(StrictModel):
     method: Literal["dpo", "grpo"] = Field("dpo", description="dpo: TRL DPOTrainer on the labelled pairs from the current policy (reference = the current policy); grpo: TRL GRPOTrainer with the rm labeler's reward (no pairs).")
     dpo: DPOTrainConfig = Field(default_factory=lambda: DPOTrainConfig(**LOOP_DPO), description="method dpo: the `aifeedback train-dpo` settings (beta, lr, epochs, batch_size, max_length, soft_labels, min_confidence...); the loop's defaults where they differ from train-dpo's: " + _defaults(LOOP_DPO) + ". The loop sets policy and seed.")
     grpo: RLConfig = Field(default_factory=lambda: RLConfig(**LOOP_GRPO), description="method grpo: the `aifeedback train-rl` settings (kl_beta, lr, batch_size in prompts, max_steps per iteration); the loop's defaults where they differ from train-rl's: " + _defaults(LOOP_GRPO) + ". The loop sets policy, seed, the reward (the rm labeler), the group (n_responses) and the completion length (max_new_tokens).")
-    evaluator: str | None = Field(None, description="Reward model folder that judges new vs initial policy on the held-out prompts; train it on labels independent of the labeler's.")
+    evaluator: str | list[str] | None = Field(None, description="Reward model folder(s) that judge new vs initial policy on the held-out prompts, each on the same samples: one PATH, or several separated by commas (--evaluator a,b) or as a YAML list; NAME=PATH names one in the report (default: the folder's name). Train them on labels independent of the labeler's; a re-run with other evaluators recomputes only the eval stage.")
     eval_samples: int = Field(2, ge=1, description="Responses per held-out prompt from each policy; sample i of the new policy is compared with sample i of the initial one.")
     n_boot: int = Field(1000, ge=100, description="Bootstrap resamples (over prompts) for the confidence intervals.")
     seed: int = Field(0, ge=0, description="Seeds sampling and training (iteration k uses seed + k).")
@@ -128,11 +129,21 @@ class LoopConfig(StrictModel):
             raise ValueError("method grpo takes its reward from a reward model: set `labeler` to rm:PATH, or `method` to dpo")
         if self.label.input is not None:
             raise ValueError("label.input must be empty in a loop: the pairs are the policy's own samples")
+        parse_evaluators(self.evaluator)  # names: each given or its folder's, and no two alike
         return self
 
     @property
     def rm_path(self) -> str | None:
         return self.labeler[3:] if self.labeler.startswith("rm:") else None
+
+    @property
+    def evaluators(self) -> list[Evaluator]:
+        """The evaluators, named, in the order given."""
+        return parse_evaluators(self.evaluator)
+
+    def independent(self, ev: Evaluator) -> bool:
+        """False when ``ev`` is the rm labeler's own folder (its verdicts are then not an independent evaluation)."""
+        return not (self.rm_path and Path(self.rm_path).resolve() == Path(ev.path).resolve())
 
     def dpo_for(self, policy: str, seed: int) -> DPOTrainConfig:
         """Iteration's DPO config: the nested settings, from this policy with this seed."""
@@ -171,14 +182,17 @@ def check_inputs(cfg: LoopConfig) -> list[str]:
     notes = []
     if not cfg.prompts:
         raise InputError("the loop needs prompts: set `prompts` to a file (e.g. ../shared/data/self-instruct/user_oriented_instructions.jsonl)")
-    if not cfg.evaluator:
-        raise InputError("the loop needs an evaluator: set `evaluator` to a folder, a reward model trained on labels independent of the labeler's (`aifeedback train-rm`)")
-    check_reward_model_dir(cfg.evaluator)
+    if not cfg.evaluators:
+        raise InputError("the loop needs an evaluator: set `evaluator` to a folder (or several, comma-separated), a reward model trained on labels independent of the labeler's (`aifeedback train-rm`)")
     if cfg.rm_path:
         check_reward_model_dir(cfg.rm_path)
-        if Path(cfg.rm_path).resolve() == Path(cfg.evaluator).resolve():
-            notes.append(INDEPENDENCE_WARNING)
-            warnings.warn(INDEPENDENCE_WARNING, stacklevel=2)
+    for ev in cfg.evaluators:
+        check_reward_model_dir(ev.path)
+        read_card(ev.path)  # a malformed evaluation.json fails here, before any model runs
+        if not cfg.independent(ev):
+            note = INDEPENDENCE_WARNING.format(name=ev.name)
+            notes.append(note)
+            warnings.warn(note, stacklevel=2)
     if cfg.gold and not Path(cfg.gold).is_file():
         raise InputError(f"gold file {cfg.gold} does not exist; pass a JSONL of pairs with a human label A/B, or leave `gold` unset")
     return notes

@@ -1,7 +1,8 @@
 """The loop's run directory: where each iteration lives, the stage markers that make a re-run resume, the event log.
 
 A stage whose marker exists is skipped (:func:`run_stage`), so a crash resumes at the
-unfinished stage of the unfinished iteration.
+unfinished stage of the unfinished iteration; a marker recorded for other evaluators
+(the eval stage's key) is stale and its stage runs again.
 """
 
 from __future__ import annotations
@@ -80,12 +81,16 @@ def saved_config(run: Path) -> dict:
     return upgrade_config(json.loads(path.read_text())) if path.is_file() else {}
 
 
+# settings a re-run may change: more iterations run more stages; other evaluators redo only the eval stages (their marker records the evaluators)
+MAY_CHANGE = ("iterations", "evaluator")
+
+
 def check_run_config(run: Path, cfg: LoopConfig) -> None:
-    """A run dir holds one loop: a re-run must pass the same config (more iterations are allowed)."""
+    """A run dir holds one loop: a re-run must pass the same config, but for MAY_CHANGE."""
     new = redact(cfg.model_dump(mode="json"))  # a label backend of your own may hold a key in backend.options
     if (run / "loop_config.json").is_file():
         old, cur = _dotted(saved_config(run)), _dotted(new)
-        diff = sorted(k for k in set(old) | set(cur) if k != "iterations" and old.get(k) != cur.get(k))
+        diff = sorted(k for k in set(old) | set(cur) if k not in MAY_CHANGE and old.get(k) != cur.get(k))
         if diff:
             raise ConfigError(f"{run} holds a loop with other settings ({', '.join(diff)}); pass a new --run-dir, or the same settings to resume it")
     atomic_json(run / "loop_config.json", new)
@@ -96,9 +101,16 @@ def policy_for(run: Path, cfg: LoopConfig, k: int) -> str:
     return cfg.policy if k == 1 else str(iter_dir(run, k - 1) / "policy")
 
 
-def run_stage(run: Path, k: int, stage: str, fn, *args) -> dict:
-    """Run one stage of iteration k unless its marker exists (then its recorded figures); logged to RUN/events.jsonl."""
+def run_stage(run: Path, k: int, stage: str, fn, *args, key: dict | None = None) -> dict:
+    """Run one stage of iteration k unless its marker exists (then its recorded figures); logged to RUN/events.jsonl.
+
+    ``key``: marker fields the finished stage must have recorded with these values (the eval stage's
+    ``evaluator_set``); a marker that differs is stale, and the stage runs again.
+    """
     done = stage_done(run, k, stage)
+    if done is not None and key and any(done.get(f) != v for f, v in key.items()):
+        log_event(run, {"iteration": k, "stage": stage, "event": "stale", "changed": sorted(f for f, v in key.items() if done.get(f) != v)})
+        done = None
     if done is not None:
         log_event(run, {"iteration": k, "stage": stage, "event": "skipped"})
         return done

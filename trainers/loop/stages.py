@@ -2,7 +2,7 @@
 
 Each stage is a plain function of (run dir, config, k, ...) that ends with its marker
 (rundir.finish_stage); flows/loop.py runs them in order through rundir.run_stage, which skips
-finished ones.
+finished ones (the eval stage's marker must also record the current evaluators: evaluator_key).
 """
 
 from __future__ import annotations
@@ -18,7 +18,8 @@ from aifeedback.errors import InputError
 from labelers.job import pairs_from_responses
 
 from .config import LoopConfig
-from .rundir import atomic_json, finish_stage, iter_dir, policy_for
+from .evaluators import Evaluator, pair_agreement, verdicts
+from .rundir import atomic_json, finish_stage, iter_dir, marker, policy_for
 from .sampling import policy_backend, responses_rows, sample, seq_logprob
 from .stats import win_stats
 
@@ -100,6 +101,8 @@ def stage_train(run: Path, cfg: LoopConfig, k: int, train_prompts: list[dict]) -
     shutil.rmtree(work, ignore_errors=True)
     (d / "_stages").mkdir(parents=True, exist_ok=True)
     (d / "_stages" / "train.started").write_text(str(os.getpid()))
+    for stale in (marker(run, k, "eval"), d / "eval.parquet"):  # an evaluation of an earlier checkpoint
+        stale.unlink(missing_ok=True)
     model, tok = load_policy(policy)
     seed = cfg.seed + k
     if cfg.method == "dpo":
@@ -168,71 +171,153 @@ def scorer_prompt(p) -> str:
     return prompt_text(p) if isinstance(p, list) else str(p)
 
 
-def _eval_table(samples: list[dict], rewards: list[float], logp_ref: list[float] | None = None, logp_new: list[float] | None = None):
+# iter-K/eval.parquet and baseline/eval.parquet: one row per (evaluator, held-out prompt, sample); the sample columns
+# repeat for each evaluator, so filtering on `evaluator` gives one evaluator's table
+SAMPLE_COLUMNS = ("prompt_id", "sample_index", "prompt", "response", "tokens", "chars", "logp_new", "logp_ref")
+
+
+def eval_schema():
     import pyarrow as pa
 
-    rows = []
-    for j, x in enumerate(samples):
-        rows.append(
-            {
-                "prompt_id": x["prompt_id"],
-                "sample_index": x["sample_index"],
-                "prompt": x["messages"][-1]["content"],
-                "response": x["response"],
-                "tokens": len(x["gen_ids"]),
-                "chars": len(x["response"]),
-                "reward": rewards[j],
-                "logp_new": None if logp_new is None else logp_new[j],
-                "logp_ref": None if logp_ref is None else logp_ref[j],
-            }
-        )
-    return pa.Table.from_pylist(rows)
+    return pa.schema(
+        [
+            ("evaluator", pa.string()),  # its name in the report
+            ("evaluator_path", pa.string()),  # its resolved folder
+            ("evaluator_weights", pa.string()),  # its weights file: name:size:mtime_ns (Evaluator.identity)
+            ("prompt_id", pa.string()),
+            ("sample_index", pa.int64()),
+            ("prompt", pa.string()),  # the last user turn
+            ("response", pa.string()),
+            ("tokens", pa.int64()),  # generated tokens, the stop token included
+            ("chars", pa.int64()),
+            ("reward", pa.float64()),  # this evaluator's reward
+            ("logp_new", pa.float64()),  # log pi_new of the response at the sampling temperature (null in the baseline)
+            ("logp_ref", pa.float64()),  # log pi_initial of it
+        ]
+    )
 
 
-def _write_parquet(table, dest: Path) -> None:
+def _sample_rows(samples: list[dict], logp_new: list[float] | None = None, logp_ref: list[float] | None = None) -> list[dict]:
+    return [
+        {"prompt_id": x["prompt_id"], "sample_index": x["sample_index"], "prompt": x["messages"][-1]["content"], "response": x["response"], "tokens": len(x["gen_ids"]), "chars": len(x["response"]), "logp_new": None if logp_new is None else logp_new[j], "logp_ref": None if logp_ref is None else logp_ref[j]}
+        for j, x in enumerate(samples)
+    ]
+
+
+def _stored_samples(dest: Path, held: list[dict], n: int, need_logp: bool) -> list[dict] | None:
+    """The sample rows of an eval table already written (any evaluator's, or a table from before several evaluators),
+    when it holds exactly held x n samples; else None (sample again)."""
+    import pyarrow.parquet as pq
+
+    if not dest.is_file():
+        return None
+    table = pq.read_table(dest)
+    if not set(SAMPLE_COLUMNS) <= set(table.column_names):
+        return None
+    rows = {}
+    for r in table.select(list(SAMPLE_COLUMNS)).to_pylist():
+        rows.setdefault((r["prompt_id"], r["sample_index"]), r)
+    want = {(p["prompt_id"], i) for p in held for i in range(n)}
+    if set(rows) != want or (need_logp and any(r["logp_new"] is None or r["logp_ref"] is None for r in rows.values())):
+        return None
+    order = {p["prompt_id"]: j for j, p in enumerate(held)}
+    return sorted(rows.values(), key=lambda r: (order[r["prompt_id"]], r["sample_index"]))
+
+
+def _scored(rows: list[dict], held: list[dict], evaluators: list[Evaluator]) -> list[dict]:
+    """The sample rows once per evaluator, with its reward (the prompt as the reward model reads it: the whole chat)."""
+    from labelers.rm_labeler import cached_scorer
+
+    messages = {p["prompt_id"]: p["messages"] for p in held}
+    out = []
+    for ev in evaluators:
+        ident = ev.identity()
+        rewards = cached_scorer(ev.path).score([scorer_prompt(messages[r["prompt_id"]]) for r in rows], [r["response"] for r in rows])
+        out += [{"evaluator": ev.name, "evaluator_path": ident["path"], "evaluator_weights": ident["weights"], **r, "reward": w} for r, w in zip(rows, rewards)]
+    return out
+
+
+def _same(row: dict, ident: dict) -> bool:
+    return (row.get("evaluator"), row.get("evaluator_path"), row.get("evaluator_weights")) == (ident["name"], ident["path"], ident["weights"])
+
+
+def _write_parquet(rows: list[dict], dest: Path) -> None:
+    import pyarrow as pa
     import pyarrow.parquet as pq
 
     fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", dir=dest.parent)
     os.close(fd)
-    pq.write_table(table, tmp)
+    pq.write_table(pa.Table.from_pylist(rows, schema=eval_schema()), tmp)
     os.replace(tmp, dest)
 
 
 def baseline(run: Path, cfg: LoopConfig, held: list[dict]) -> dict:
-    """The initial policy's held-out samples, scored by the evaluator (once per run)."""
+    """The initial policy's held-out samples (sampled once per run), scored by each evaluator (each once: a re-run with a
+    new evaluator scores the stored samples, and drops the rows of evaluators no longer given)."""
     import pyarrow.parquet as pq
 
-    from labelers.rm_labeler import cached_scorer
-
     dest = run / "baseline" / "eval.parquet"
-    if dest.is_file():
-        return {"rows": pq.read_table(dest).to_pylist(), "skipped": True}
-    t0 = time.perf_counter()
     dest.parent.mkdir(parents=True, exist_ok=True)
-    samples = sample(policy_backend(cfg.policy, cfg.gen_batch_size), held, cfg.eval_samples, cfg.max_new_tokens, cfg.sampling_temperature, cfg.seed + 10_000)
-    ev = cached_scorer(cfg.evaluator)
-    rewards = ev.score([scorer_prompt(x["messages"]) for x in samples], [x["response"] for x in samples])
-    _write_parquet(_eval_table(samples, rewards), dest)
-    atomic_json(run / "baseline" / "info.json", {"seconds": round(time.perf_counter() - t0, 2), "n": len(samples)})
-    return {"rows": pq.read_table(dest).to_pylist(), "skipped": False}
+    t0 = time.perf_counter()
+    have = pq.read_table(dest).to_pylist() if dest.is_file() else []
+    samples = _stored_samples(dest, held, cfg.eval_samples, need_logp=False)
+    sampled = samples is None
+    if sampled:
+        have = []
+        samples = _sample_rows(sample(policy_backend(cfg.policy, cfg.gen_batch_size), held, cfg.eval_samples, cfg.max_new_tokens, cfg.sampling_temperature, cfg.seed + 10_000))
+    rows, missing = [], []
+    for ev in cfg.evaluators:
+        ident = ev.identity()
+        mine = [r for r in have if _same(r, ident)]
+        rows += mine
+        if not mine:
+            missing.append(ev)
+    rows += _scored(samples, held, missing)
+    if sampled or missing or len(rows) != len(have):
+        _write_parquet(rows, dest)
+        info_path = run / "baseline" / "info.json"
+        info = json.loads(info_path.read_text()) if info_path.is_file() and not sampled else {"seconds": 0.0}
+        info.update(seconds=round(info.get("seconds", 0.0) + time.perf_counter() - t0, 2), n=len(samples), evaluators=[ev.name for ev in cfg.evaluators])
+        atomic_json(info_path, info)
+    order = [ev.name for ev in cfg.evaluators]
+    rows.sort(key=lambda r: order.index(r["evaluator"]))
+    return {"rows": rows, "sampled": sampled, "scored": [ev.name for ev in missing]}
+
+
+def evaluator_key(cfg: LoopConfig) -> dict:
+    """The eval stage's marker key: a marker recorded for other evaluators (names, folders, weights) is stale."""
+    return {"evaluator_set": [ev.identity() for ev in cfg.evaluators]}
 
 
 def stage_eval(run: Path, cfg: LoopConfig, k: int, held: list[dict]) -> dict:
-    """iter-k's policy vs the initial one on the held-out prompts, by the evaluator; KL(new || initial) estimated on the new samples."""
-    from labelers.rm_labeler import cached_scorer
+    """iter-k's policy vs the initial one on the held-out prompts, by each evaluator on the same samples; their agreement;
+    KL(new || initial) estimated on the new samples.
 
+    The new policy's samples (and log-probabilities) already in iter-k/eval.parquet are reused, so a re-run with
+    other evaluators only scores (stage_train deletes the table when it writes a new checkpoint).
+    """
     t0 = time.perf_counter()
+    evaluators = cfg.evaluators
     base = baseline(run, cfg, held)["rows"]
     d = iter_dir(run, k)
-    new = policy_backend(str(d / "policy"), cfg.gen_batch_size)
-    samples = sample(new, held, cfg.eval_samples, cfg.max_new_tokens, cfg.sampling_temperature, cfg.seed + 10_000)
-    logp_new = seq_logprob(new.model, samples, cfg.sampling_temperature)
-    logp_ref = seq_logprob(policy_backend(cfg.policy, cfg.gen_batch_size).model, samples, cfg.sampling_temperature)
-    ev = cached_scorer(cfg.evaluator)
-    rewards = ev.score([scorer_prompt(x["messages"]) for x in samples], [x["response"] for x in samples])
-    _write_parquet(_eval_table(samples, rewards, logp_ref, logp_new), d / "eval.parquet")
-    stats = win_stats([r for r in _eval_table(samples, rewards).to_pylist()], base, cfg.n_boot, cfg.seed + k)
-    kl = [a - b for a, b in zip(logp_new, logp_ref)]
-    stats["kl_to_initial"] = sum(kl) / len(kl)
-    stats["evaluator"] = str(Path(cfg.evaluator).resolve())
-    return finish_stage(run, k, "eval", stats, time.perf_counter() - t0)
+    dest = d / "eval.parquet"
+    samples = _stored_samples(dest, held, cfg.eval_samples, need_logp=True)
+    reused = samples is not None
+    if not reused:
+        new = policy_backend(str(d / "policy"), cfg.gen_batch_size)
+        drawn = sample(new, held, cfg.eval_samples, cfg.max_new_tokens, cfg.sampling_temperature, cfg.seed + 10_000)
+        logp_new = seq_logprob(new.model, drawn, cfg.sampling_temperature)
+        logp_ref = seq_logprob(policy_backend(cfg.policy, cfg.gen_batch_size).model, drawn, cfg.sampling_temperature)
+        samples = _sample_rows(drawn, logp_new, logp_ref)
+    rows = _scored(samples, held, evaluators)
+    _write_parquet(rows, dest)
+    per, votes = [], {}
+    for ev in evaluators:
+        mine = [r for r in rows if r["evaluator"] == ev.name]
+        theirs = [r for r in base if r["evaluator"] == ev.name]
+        per.append({"name": ev.name, **ev.identity(), "independent": cfg.independent(ev), **win_stats(mine, theirs, cfg.n_boot, cfg.seed + k)})
+        votes[ev.name] = verdicts(mine, theirs)
+    kl = [r["logp_new"] - r["logp_ref"] for r in samples]
+    shared = {f: per[0][f] for f in ("n", "n_prompts", "mean_tokens_new", "mean_tokens_initial")}  # the same samples for every evaluator
+    info = {**evaluator_key(cfg), "evaluators": per, "agreement": pair_agreement(votes), **shared, "kl_to_initial": sum(kl) / len(kl), "samples_reused": reused}
+    return finish_stage(run, k, "eval", info, time.perf_counter() - t0)
