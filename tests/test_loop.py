@@ -30,13 +30,19 @@ def tiny_policy(path: Path) -> Path:
     return path
 
 
-@pytest.fixture(scope="module")
-def tiny_world(tmp_path_factory, tiny_rm):
-    d = tmp_path_factory.mktemp("loopworld")
+def prompts_and_gold(d: Path) -> tuple[Path, Path]:
+    """10 loop prompts and a 12-pair gold file (the kinder, longer answer is the human's choice) written in ``d``."""
     prompts = d / "prompts.jsonl"
     prompts.write_text("".join(json.dumps({"prompt": f"Write one short sentence about topic number {i}."}) + "\n" for i in range(10)))
     gold = d / "gold.jsonl"
     gold.write_text("".join(json.dumps({"prompt": f"q {i}", "response_a": "Sure, a kind and full answer." if i % 2 else "No.", "response_b": "No." if i % 2 else "Sure, a kind and full answer.", "human": "A" if i % 2 else "B"}) + "\n" for i in range(12)))
+    return prompts, gold
+
+
+@pytest.fixture(scope="module")
+def tiny_world(tmp_path_factory, tiny_rm):
+    d = tmp_path_factory.mktemp("loopworld")
+    prompts, gold = prompts_and_gold(d)
     return {"policy": tiny_policy(d / "policy"), "labeler": tiny_rm(0), "evaluator": tiny_rm(1), "prompts": prompts, "gold": gold, "dir": d}
 
 

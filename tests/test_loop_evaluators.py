@@ -9,7 +9,7 @@ import shutil
 
 import pytest
 
-from test_loop import _cli, loop_sets, tiny_policy
+from test_loop import _cli, loop_sets, prompts_and_gold, tiny_policy
 
 
 def test_evaluator_setting_takes_one_folder_a_comma_list_a_yaml_list_and_names():
@@ -85,10 +85,7 @@ def world(tmp_path_factory, tiny_rm):
     from trainers.loop.evaluators import write_card
 
     d = tmp_path_factory.mktemp("evalworld")
-    prompts = d / "prompts.jsonl"
-    prompts.write_text("".join(json.dumps({"prompt": f"Write one short sentence about topic number {i}."}) + "\n" for i in range(10)))
-    gold = d / "gold.jsonl"
-    gold.write_text("".join(json.dumps({"prompt": f"q {i}", "response_a": "Sure, a kind and full answer." if i % 2 else "No.", "response_b": "No." if i % 2 else "Sure, a kind and full answer.", "human": "A" if i % 2 else "B"}) + "\n" for i in range(12)))
+    prompts, gold = prompts_and_gold(d)
     carded = shutil.copytree(tiny_rm(1), d / "carded")  # the shared tiny RM stays read-only: the card goes on a copy
     write_card(carded, {"training_data": "16 toy pairs, kind and long wins", "sets": [{"set": "toy-ood", "n": 40, "accuracy": 0.425, "prefer_longer": 0.675, "in_domain": False}, {"set": "toy-held-out", "n": 8, "accuracy": 0.875, "in_domain": True}]})
     # loop_sets reads "evaluator"; the tests pass theirs
