@@ -23,6 +23,17 @@ class ModelPrice(StrictModel):
 
     input: float = Field(ge=0, description="USD per million prompt (input) tokens.")
     output: float = Field(ge=0, description="USD per million completion (output) tokens.")
+    batch_input: float | None = Field(None, ge=0, description="USD per million prompt tokens sent through the Batch API (backend.batch); default: half of input, the discount OpenAI gives.")
+    batch_output: float | None = Field(None, ge=0, description="USD per million completion tokens through the Batch API (backend.batch); default: half of output.")
+
+    def rates(self, batch: bool) -> tuple[float, float]:
+        """(input, output) USD per million tokens, synchronous or through the Batch API."""
+        if not batch:
+            return self.input, self.output
+        return (self.input * BATCH_DISCOUNT if self.batch_input is None else self.batch_input, self.output * BATCH_DISCOUNT if self.batch_output is None else self.batch_output)
+
+
+BATCH_DISCOUNT = 0.5  # a Batch API price where the table gives only the synchronous one
 
 
 BUILTIN_BACKENDS = ("transformers", "openai", "vllm")
@@ -143,6 +154,12 @@ class OpenAIBackendConfig(BackendConfig):
     requests_per_minute: float | None = Setting(None, affects_output=False, gt=0, description="openai: request budget of the endpoint (RPM); requests are paced to stay under it. Default: no budget.")
     tokens_per_minute: float | None = Setting(None, affects_output=False, gt=0, description="openai: token budget of the endpoint (TPM, prompt + completion); requests are paced to stay under it. Default: no budget.")
     adaptive_concurrency: bool = Setting(True, affects_output=False, description="openai: adapt the requests in flight (AIMD, at most max_concurrency): halve on 429 or exhausted rate-limit headers, grow by one per window of successes. False keeps max_concurrency fixed.")
+    # Batch mode (aifeedback/batch_api.py): the same requests, sent as batch files instead of one at a time; rows are the same
+    batch: bool = Setting(False, affects_output=False, description="openai: send the stage's requests through the endpoint's Batch API (files.create purpose=batch, batches.create, 24 h window) instead of one at a time: half the price at OpenAI, limits apart from the synchronous ones, results within the window. The run records every batch before it polls; a re-run or a crash polls the same batches again and never resubmits. Rows equal the synchronous path's and record batch_id.")
+    batch_file_only: bool = Setting(False, affects_output=False, description="openai: write the stage's batch request files (RUN/batch_api/STAGE/*.requests.jsonl) and stop, sending nothing: run them elsewhere (vllm run-batch -i FILE -o OUT, or the Batch API by hand), then `aifeedback import-batch-output OUT... --run-dir RUN`.")
+    batch_max_requests: int = Setting(50_000, affects_output=False, ge=1, description="openai batch mode: most requests in one batch file (the OpenAI Batch API allows 50,000); more are split into several files and batches.")
+    batch_max_bytes: int = Setting(200_000_000, affects_output=False, ge=1024, description="openai batch mode: largest batch file in bytes (the OpenAI Batch API allows 200 MB; a larger upload fails with HTTP 413); more are split into several files and batches.")
+    batch_poll_s: float = Setting(30.0, affects_output=False, gt=0, description="openai batch mode: seconds between polls of the open batches.")
 
     @field_validator("base_url")
     @classmethod

@@ -234,6 +234,18 @@ def _run_batch(store_root: str, job: StageJob, batch: Batch) -> BatchResult:
         return BatchResult(batch.key, 0, len(batch.excluded), True, dt, {"write_s": dt})
     with usage.meter() as used:  # what the backend reports while computing this batch, on this thread
         rows, excluded, stats = job.compute(batch.items, batch.key)
+    return finish_batch(store_root, job, batch, rows, excluded, stats, used, t0)
+
+
+def job_backend(job: StageJob) -> Any | None:
+    """The backend config of a job that runs a model (``job.cfg.backend``), else None."""
+    return getattr(getattr(job, "cfg", None), "backend", None)
+
+
+def finish_batch(store_root: str, job: StageJob, batch: Batch, rows: Any, excluded: list[dict], stats: dict, used: usage.Meter, t0: float, batch_ids: dict[str, str | None] | None = None) -> BatchResult:
+    """Check that every item is accounted for, key the rows and exclusions, write the shard and its usage line.
+    ``batch_ids``: item id -> the Batch API batch(es) that answered it (batch mode), stored as ``batch_id``."""
+    store = RunStore(store_root, probe=False)
     t1 = time.perf_counter()
     n_in = len(batch.items)
     key_of = dict(zip((job.item_id(x) for x in batch.items), batch.item_keys))
@@ -244,14 +256,20 @@ def _run_batch(store_root: str, job: StageJob, batch: Batch) -> BatchResult:
         accounted = {r["__item__"] for r in rows}
     if len(accounted) + len(excluded) != n_in:
         raise AssertionError(f"batch {batch.key}: {n_in} items in, {len(accounted)} produced + {len(excluded)} excluded")
+    bids = batch_ids or {}
     if isinstance(rows, pa.Table):
-        rows = rows.drop_columns(["__item__"]).append_column("item_key", pa.array([key_of[i] for i in ids], pa.string()))
+        if "batch_id" in rows.column_names:
+            rows = rows.drop_columns(["batch_id"])
+        rows = rows.drop_columns(["__item__"]).append_column("item_key", pa.array([key_of[i] for i in ids], pa.string())).append_column("batch_id", pa.array([bids.get(i) for i in ids], pa.string()))
     else:
         for r in rows:
-            r["item_key"] = key_of[r.pop("__item__")]
+            item = r.pop("__item__")
+            r["item_key"] = key_of[item]
+            r["batch_id"] = bids.get(item)
     for e in excluded:
         e["item_key"] = key_of.get(e["item_id"])
-    rec = usage.batch_record(job.stage, batch.key, used, getattr(getattr(job, "cfg", None), "backend", None))
+        e["batch_id"] = bids.get(e["item_id"])
+    rec = usage.batch_record(job.stage, batch.key, used, job_backend(job))
     store.write_batch(job.stage, batch.key, rows, job.schema, excluded)
     usage.append(store.root, rec)  # after the shard: a resumed run never counts a batch it did not finish
     t2 = time.perf_counter()

@@ -372,8 +372,8 @@ def render_card(prov: dict, files: dict[str, dict[str, str]], repo_id: str | Non
     out += [f"- **{s}**: model `{m.get('model')}`, git commit `{m.get('git_commit')}`, {m.get('n_in')} in = {m.get('n_out')} out + {m.get('n_excluded')} excluded" + (f", template `{m['template_version']}`" if m.get("template_version") else "") for s, m in stages.items()]
     out += [f"- **export**: git commit `{prov['export_git_commit']}`", ""]
     if prov.get("usage"):  # what the run's model calls took, as the endpoint (or the local tokenizer) counted them
-        out += ["| stage | batches | requests | prompt tokens | completion tokens | cost (USD) |", "|---|---|---|---|---|---|"]
-        out += [f"| {s} | {t['batches']} | {t['requests']} | {t['prompt_tokens']} | {t['completion_tokens']} | {_usd(t['cost_usd'])} |" for s, t in prov["usage"].items()]
+        out += ["| stage | batches | requests | through the Batch API | prompt tokens | completion tokens | cost paid (USD) |", "|---|---|---|---|---|---|---|"]
+        out += [f"| {s} | {t['batches']} | {t['requests']} | {t.get('batch_api_requests', 0)} | {t['prompt_tokens']} | {t['completion_tokens']} | {_usd(t['cost_usd'])} |" for s, t in prov["usage"].items()]
         out.append("")
     libs = sorted({lib for m in [*stages.values(), {"versions": prov["export_versions"]}] for lib in (m.get("versions") or {})})
     cols = [*stages, "export"]

@@ -39,6 +39,7 @@ RESPONSES = pa.schema(
         ("config_hash", pa.string()),
         ("item_key", pa.string()),
         ("batch_key", pa.string()),
+        ("batch_id", pa.string()),  # batch mode: the Batch API batch(es) that answered this item (aifeedback/batch_api.py)
     ]
 )
 
@@ -74,6 +75,7 @@ REVISIONS = pa.schema(
         ("config_hash", pa.string()),
         ("item_key", pa.string()),
         ("batch_key", pa.string()),
+        ("batch_id", pa.string()),  # batch mode: the Batch API batch(es) that answered this item (aifeedback/batch_api.py)
     ]
 )
 
@@ -115,6 +117,7 @@ LABEL_OUTPUTS = pa.schema(
         ("config_hash", pa.string()),
         ("item_key", pa.string()),
         ("batch_key", pa.string()),
+        ("batch_id", pa.string()),  # batch mode: the Batch API batch(es) that answered this item (aifeedback/batch_api.py)
     ]
 )
 
@@ -142,8 +145,20 @@ EXCLUSIONS = pa.schema(
         ("raw", pa.string()),  # the offending input or model output, kept verbatim
         ("item_key", pa.string()),  # the input item's content key (aifeedback/stage.py): reused, never recomputed
         ("batch_key", pa.string()),
+        ("batch_id", pa.string()),  # batch mode: the batch whose failed or expired request excluded the item
     ]
 )
+
+
+# Columns added after shards were first written: a shard without one reads it as nulls.
+LATER_COLUMNS = {"batch_id": pa.string()}
+
+
+def with_later_columns(table: pa.Table) -> pa.Table:
+    for name, typ in LATER_COLUMNS.items():
+        if name not in table.column_names:
+            table = table.append_column(name, pa.nulls(table.num_rows, typ))
+    return table
 
 
 def _content_json():

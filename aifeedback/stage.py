@@ -29,12 +29,14 @@ from .batches import (
     Reuse,
     StageJob,
     iter_batches,
+    job_backend,
     run_batch,
     stage_gc,
 )
 from .config import BackendConfig
 from .errors import ConfigError
 from .store import RunStore
+from .usage import is_batch
 
 _BACKENDS: dict[str, Backend] = {}
 _CREATE = threading.Lock()
@@ -266,6 +268,12 @@ def execute_stage(
     pending: deque = deque()
     n_batches = n_submitted = 0
     root = str(store.root)
+    bcfg = job_backend(job)
+    batch_mode = is_batch(bcfg)  # backend.batch or batch_file_only (openai)
+    held: list = []  # batch mode: the stage batches to run through batch files (aifeedback/batch_api.py)
+    batch_info: dict = {}
+    if batch_mode and sub.name != InProcess.name:
+        lg.info("%s: batch mode runs its batches in this process; runner %s is not used", job.stage, sub.name)
     with stage_gc(), sub, Progress(TextColumn(f"[bold]{job.stage}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), disable=not show_progress) as bar:
         tid = bar.add_task(job.stage, total=None)
         for b in iter_batches(store, job, stream, batch_size, reuse):
@@ -278,6 +286,9 @@ def execute_stage(
             if b.done or (max_batches is not None and n_submitted >= max_batches):
                 continue
             n_submitted += 1
+            if batch_mode:
+                held.append(b)
+                continue
             pending.append(sub.submit(run_batch, root, job, b))
             while len(pending) >= sub.max_in_flight:
                 results.append(pending.popleft().result())
@@ -285,6 +296,11 @@ def execute_stage(
         while pending:
             results.append(pending.popleft().result())
             bar.advance(tid)
+        if held:
+            from .batch_api import run_batched
+
+            done, batch_info = run_batched(store, job, held, bcfg, lg)
+            results += done
     n_in = reuse.n_in
     computed = [r for r in results if r.computed]
     lg.info("%s: %d items, %d reused from earlier shards, %d new in %d batches, %d computed", job.stage, n_in, reuse.n_reused, n_in - reuse.n_reused, n_batches, len(computed))
@@ -309,8 +325,9 @@ def execute_stage(
         "store_seconds": round(sum(r.stats.get("write_s", 0.0) for r in results), 3),
         "seconds": round(time.perf_counter() - t0, 3),
         "worker_processes": len({r.stats["pid"] for r in results if "pid" in r.stats}),
-        "runner": sub.name,
+        "runner": "batch" if batch_mode else sub.name,
         **usage_summary([r.stats for r in computed]),  # tokens, cost, the endpoint's settled concurrency
+        **batch_info,  # batch mode: batches created this invocation, polls, the run's batches by state
     }
     if complete:
         store.write_manifest(

@@ -44,7 +44,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from .errors import StoreError
-from .records import EXCLUSIONS
+from .records import EXCLUSIONS, with_later_columns
 from .redact import redact
 
 
@@ -301,7 +301,7 @@ class RunStore:
             derivation = Derivation.from_manifest(derive_cfg) if derive_cfg else Derivation()
         for key in keys:
             path = self.excluded_path(stage, key) if excluded else self.shard_path(stage, key)
-            table = self._read_parquet(stage, path, "shard")
+            table = with_later_columns(self._read_parquet(stage, path, "shard"))
             if key in selection:
                 import pyarrow.compute as pc
 

@@ -61,13 +61,21 @@ def record(prompt_tokens: int, completion_tokens: int, requests: int = 1, exact:
         m.notes.update(notes)
 
 
-def cost(prices: dict | None, model: str, prompt_tokens: int, completion_tokens: int) -> float | None:
-    """USD at the price table's rates for ``model`` (None without a table). Tables are checked at config time."""
+def cost(prices: dict | None, model: str, prompt_tokens: int, completion_tokens: int, batch: bool = False) -> float | None:
+    """USD at the price table's rates for ``model`` (None without a table), at its Batch API rates when ``batch``.
+    Tables are checked at config time."""
     if not prices or model not in prices:
         return None
+    from .backend_config import ModelPrice
+
     p = prices[model]
-    pin, pout = (p.input, p.output) if hasattr(p, "input") else (p["input"], p["output"])
+    pin, pout = (p if isinstance(p, ModelPrice) else ModelPrice.model_validate(p)).rates(batch)
     return round(prompt_tokens * pin / 1e6 + completion_tokens * pout / 1e6, 10)
+
+
+def is_batch(backend_cfg: Any | None) -> bool:
+    """Whether a backend config sends its requests through a Batch API (priced at batch rates)."""
+    return bool(getattr(backend_cfg, "batch", False) or getattr(backend_cfg, "batch_file_only", False))
 
 
 def batch_record(stage: str, batch_key: str, m: Meter, backend_cfg: Any | None) -> dict:
@@ -82,7 +90,8 @@ def batch_record(stage: str, batch_key: str, m: Meter, backend_cfg: Any | None) 
         "model": model,
         **{k: getattr(m, k) for k in TOKEN_KEYS},
         "exact": m.exact,
-        "cost_usd": cost(prices, model, m.prompt_tokens, m.completion_tokens) if model else None,
+        "batch": is_batch(backend_cfg),
+        "cost_usd": cost(prices, model, m.prompt_tokens, m.completion_tokens, is_batch(backend_cfg)) if model else None,
         **m.notes,
     }
 
@@ -140,8 +149,10 @@ def totals(run_root: str | Path) -> dict:
     """Per stage, the tokens and cost of every batch the run computed (``usage.jsonl``)."""
     by_stage: dict[str, dict] = {}
     for r in read(run_root):
-        t = by_stage.setdefault(r["stage"], {**{k: 0 for k in TOKEN_KEYS}, "cost_usd": 0.0, "priced": True, "exact": True, "batches": 0, "models": []})
+        t = by_stage.setdefault(r["stage"], {**{k: 0 for k in TOKEN_KEYS}, "cost_usd": 0.0, "priced": True, "exact": True, "batches": 0, "models": [], "batch_api_requests": 0})
         t["batches"] += 1
+        if r.get("batch"):  # priced at the Batch API's rates
+            t["batch_api_requests"] += int(r.get("requests") or 0)
         for k in TOKEN_KEYS:
             t[k] += int(r.get(k) or 0)
         if r.get("cost_usd") is None:

@@ -186,7 +186,8 @@ def estimate(stage: str, run_dir: str = "runs/default", config_path: str | None 
         "completion_tokens_max": counting.completion_tokens,
         "tokens": tokens,
         "token_method": counter.method,
-        "cost_usd": cost(bcfg.prices, bcfg.model, counting.prompt_tokens, counting.completion_tokens),
+        "cost_usd": cost(bcfg.prices, bcfg.model, counting.prompt_tokens, counting.completion_tokens),  # synchronous
+        "cost_usd_batch": cost(bcfg.prices, bcfg.model, counting.prompt_tokens, counting.completion_tokens, batch=True),  # through the Batch API (backend.batch)
         "seconds_at_rate_limits": round(max(bound), 1) if bound else None,
         "time_note": "the slower of requests/RPM and tokens/TPM" if bound else "no rate limit configured: bounded by the endpoint's speed",
     }

@@ -156,5 +156,5 @@ class LabelJob:
         return table, excluded, {"model_calls": labeler.calls, "retries": labeler.retries, "model_s": labeler.model_seconds}
 
 
-# What LabelJob.compute returns: the stored columns but item_key (the stage adds it), and the item ids.
-_COMPUTED = pa.schema([f for f in LABEL_OUTPUTS if f.name != "item_key"] + [pa.field("__item__", pa.string())])
+# What LabelJob.compute returns: the stored columns but item_key and batch_id (the stage adds them), and the item ids.
+_COMPUTED = pa.schema([f for f in LABEL_OUTPUTS if f.name not in ("item_key", "batch_id")] + [pa.field("__item__", pa.string())])

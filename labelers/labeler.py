@@ -172,6 +172,8 @@ class Labeler:
             prompts = [tpl.prompt(self._sample_fields(prepared[i].fields, o), prepared[i].principles[pi][1], cfg.few_shot, rationales.get((i, pi, o))) for i, pi, o in slots]
         else:
             prompts = tpl.prompts([prepared[i].fields for i, _, _ in slots], [o for _, _, o in slots], [prepared[i].principles[pi][1] for i, pi, _ in slots], cfg.few_shot)
+        for prompt, (i, pi, o) in zip(prompts, slots):  # batch mode's custom_id: ITEMKEY:ORDER (and principle)
+            prompt.tag = o if len(prepared[i].principles) == 1 else f"{prepared[i].principles[pi][0]}.{o}"
         t = time.perf_counter()
         results = self.backend.choice_probs(prompts, tpl.candidates) if prompts else []
         self.calls += 1 if prompts else 0

@@ -178,7 +178,7 @@ def test_tokens_cost_and_estimate_against_the_server(llama_server, shared_data, 
 
     run_export(run_dir=str(run), to_dir=str(tmp_path / "export"))
     card = (tmp_path / "export" / "README.md").read_text()
-    assert f"| labels | 2 | 12 | {served['prompt_tokens']} | {served['completion_tokens']} | {want_cost:.6f} |" in card
+    assert f"| labels | 2 | 12 | 0 | {served['prompt_tokens']} | {served['completion_tokens']} | {want_cost:.6f} |" in card  # 0: none through the Batch API
 
 
 @pytest.mark.slow

@@ -135,3 +135,21 @@ def test_trainer_trains_on_the_residual_and_saves_the_fit(tmp_path):
     assert saved["measure"] == "characters" and saved["scale"] > 0 and saved["n_pairs"] == 48
     assert "length control" in (out / "README.md").read_text() and json.loads((out / "aifeedback_reward_config.json").read_text())["length_control"] == "residual"
     assert not (tmp_path / "none" / "aifeedback_length_control.json").exists()
+
+
+def test_near_certain_verdicts_are_clipped_at_eps():
+    """A judge that says 0.0001 or 0.9999 counts as log-odds of -/+ log(99) at eps 0.01 (not -/+ 9.2): beta1 by hand."""
+    text = "x" * 400
+    lens = [(300, 100), (100, 300), (250, 150), (200, 200), (400, 0)]
+    ps = [0.9999, 0.0001, 0.7, 0.5, 0.9999]
+    rows = [{"response_a": text[:a], "response_b": text[:b], "p_a": p} for (a, b), p in zip(lens, ps)]
+    d = [a - b for a, b in lens]
+    s = math.sqrt(sum(x * x for x in d) / len(d))
+    xs = [math.tanh(x / s) for x in d]
+    y = [math.log(99), -math.log(99), math.log(0.7 / 0.3), 0.0, math.log(99)]
+    want = sum(a * b for a, b in zip(xs, y)) / sum(x * x for x in xs)
+    fit = fit_length_effect(rows, eps=0.01)
+    assert fit.beta1 == pytest.approx(want, rel=1e-12) and fit.eps == 0.01
+    assert fit_length_effect(rows, eps=1e-6).beta1 > 1.8 * want  # unclipped, the two near-certain verdicts weigh twice as much
+    out = residual_targets(rows, fit)
+    assert out[0]["p_a"] == pytest.approx(1 / (1 + math.exp(-(math.log(99) - want * xs[0]))), rel=1e-12)

@@ -29,6 +29,7 @@ class RewardConfig(StrictModel):
     length_balance: bool = Field(False, description="Weight training pairs so that pairs won by the longer response and pairs won by the shorter one count equally in the loss.")
     early_stopping: bool = Field(False, description="After each epoch, score the gold slice (pairs with a human label passed as gold rows) and keep the weights of the best epoch.")
     length_control: Literal["none", "residual"] = Field("none", description="residual: before training, fit the judge's length effect, logit p(A>B) = beta1 * tanh((chars_A - chars_B) / s) + rest (AlpacaEval's length-controlled feature; s is the root mean square of the length difference; least squares on the log-odds, no intercept, so swapping A and B changes nothing), and train on sigmoid(logit p - beta1 * tanh((chars_A - chars_B) / s)), the preference with the length term removed; beta1 and s are saved beside the model. Soft labels only.")
+    length_control_eps: float = Field(0.01, gt=0, lt=0.5, description="length_control=residual: the judge's p(A>B) is clipped to [eps, 1 - eps] before its log-odds, in the fit and in the targets. A judge's near-certain verdicts (p < 0.01 is common) would otherwise dominate the least squares fit; 0.01, the default, is also import-labels' --eps for derived pairs.")
 
     @model_validator(mode="after")
     def _length_control_needs_soft_labels(self):

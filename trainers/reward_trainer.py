@@ -76,16 +76,16 @@ def balance_weights(rows: list[dict]) -> list[float]:
 
 
 LENGTH_MEASURE = "characters"  # len(response), as AlpacaEval's `str.len()`: no tokenizer, so beta1 and s compare across backbones
-_P_CLIP = 1e-6  # judge_logit clips p to [1e-6, 1 - 1e-6]: a label of 0 or 1 counts as log-odds of -13.8 or 13.8
 
 
 def length_delta(row: dict) -> int:
     return len(row["response_a"]) - len(row["response_b"])
 
 
-def judge_logit(p: float) -> float:
-    """log(p / (1 - p)), the judge's log-odds that A is better; p is clipped to [1e-6, 1 - 1e-6] first."""
-    p = min(max(float(p), _P_CLIP), 1 - _P_CLIP)
+def judge_logit(p: float, eps: float) -> float:
+    """log(p / (1 - p)), the judge's log-odds that A is better; p is clipped to [eps, 1 - eps] first
+    (``RewardConfig.length_control_eps``: a label of 0 or 1 counts as log-odds of -log((1 - eps) / eps) or +)."""
+    p = min(max(float(p), eps), 1 - eps)
     return math.log(p / (1 - p))
 
 
@@ -96,6 +96,7 @@ class LengthFit:
     beta1: float
     scale: float
     n_pairs: int
+    eps: float  # the judge's p clipped to [eps, 1 - eps] before its log-odds, in the fit and in the residual
 
     def term(self, row: dict) -> float:
         return self.beta1 * math.tanh(length_delta(row) / self.scale) if self.scale else 0.0
@@ -107,11 +108,12 @@ class LengthFit:
             "beta1": self.beta1,
             "scale": self.scale,
             "measure": LENGTH_MEASURE,
+            "eps": self.eps,
             "n_pairs": self.n_pairs,
         }
 
 
-def fit_length_effect(rows: list[dict]) -> LengthFit:
+def fit_length_effect(rows: list[dict], eps: float = 0.01) -> LengthFit:
     """beta1 of logit p_a = beta1 * x + rest, x = tanh(delta / s), by least squares on the judge's log-odds.
 
     The feature is AlpacaEval's length-controlled one: delta in characters, squashed by tanh; s is the root mean
@@ -128,10 +130,10 @@ def fit_length_effect(rows: list[dict]) -> LengthFit:
     deltas = [length_delta(r) for r in rows]
     scale = math.sqrt(sum(d * d for d in deltas) / len(deltas))
     if scale == 0:  # every pair has equal lengths: no length signal to remove
-        return LengthFit(0.0, 0.0, len(rows))
+        return LengthFit(0.0, 0.0, len(rows), eps)
     xs = [math.tanh(d / scale) for d in deltas]
-    beta1 = sum(judge_logit(r["p_a"]) * x for r, x in zip(rows, xs)) / sum(x * x for x in xs)
-    return LengthFit(beta1, scale, len(rows))
+    beta1 = sum(judge_logit(r["p_a"], eps) * x for r, x in zip(rows, xs)) / sum(x * x for x in xs)
+    return LengthFit(beta1, scale, len(rows), eps)
 
 
 def residual_targets(rows: list[dict], fit: LengthFit) -> list[dict]:
@@ -140,7 +142,7 @@ def residual_targets(rows: list[dict], fit: LengthFit) -> list[dict]:
     out = []
     for r in rows:
         term = fit.term(r)
-        out.append({**r, "p_a": sigmoid(judge_logit(r["p_a"]) - term) if term else float(r["p_a"]), "p_a_judge": r["p_a"]})
+        out.append({**r, "p_a": sigmoid(judge_logit(r["p_a"], fit.eps) - term) if term else float(r["p_a"]), "p_a_judge": r["p_a"]})
     return out
 
 
@@ -246,7 +248,7 @@ class RewardTrainer:
             raise InputError("early_stopping needs gold rows with a human label A or B (pass gold_rows), or set early_stopping=false")
         res = RewardResult(n_train=len(kept), dropped=dropped)
         if cfg.length_control == "residual":
-            fit = fit_length_effect(kept)
+            fit = fit_length_effect(kept, cfg.length_control_eps)
             kept, res.length_control = residual_targets(kept, fit), fit.as_dict()
         weights = balance_weights(kept) if cfg.length_balance else None
         opt = torch.optim.AdamW(self.model.parameters(), lr=cfg.lr)

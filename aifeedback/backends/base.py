@@ -26,6 +26,7 @@ class Capabilities:
     token_counts_exact: bool  # prompt/completion token counts come from the model's tokenizer
     max_context: int | None = None
     tokenizer: bool = False  # ``backend.tokenizer`` can count and cut text exactly (else lengths are approximate)
+    batch: bool = False  # requests go through a Batch API or batch files (backend.batch): the stage driver runs aifeedback/batch_api.py
 
 
 class Tokenizer(Protocol):
@@ -81,6 +82,7 @@ class ScoringPrompt:
 
     messages: Chat
     answer_prefix: str = ""
+    tag: str = ""  # its place in the item (e.g. "AB", the order shown): batch mode's custom_id is ITEMKEY:TAG
 
 
 @dataclass(slots=True)

@@ -34,7 +34,7 @@ from urllib.parse import urlsplit
 import httpx2
 import openai
 
-from .. import usage
+from .. import replay, usage
 from ..config import BackendConfig, SamplingConfig
 from ..errors import BackendError
 from ..ratelimit import AdaptiveLimiter
@@ -135,7 +135,7 @@ class OpenAIBackend:
             )
         check_key_transport(cfg, key)
         self._key = key
-        self.capabilities = Capabilities(logprobs=cfg.top_logprobs > 0, prefix_reuse=True, in_process=False, token_counts_exact=True, tokenizer=False)
+        self.capabilities = Capabilities(logprobs=cfg.top_logprobs > 0, prefix_reuse=True, in_process=False, token_counts_exact=True, tokenizer=False, batch=cfg.batch or cfg.batch_file_only)
         self.tokenizer = None  # the served model's tokenizer is not here: lengths are approximate
         self.stats = BackendStats()
         self.limiter = AdaptiveLimiter(cfg.max_concurrency, cfg.requests_per_minute, cfg.tokens_per_minute, adaptive=cfg.adaptive_concurrency, name=cfg.base_url)
@@ -228,7 +228,17 @@ class OpenAIBackend:
     async def _gather(self, bodies: list[dict]) -> list[tuple[Any, str | None, int]]:
         return await asyncio.gather(*(self._post(b) for b in bodies))  # tasks start in order: FIFO slots keep a pair's orders adjacent
 
-    def _send(self, bodies: list[dict]) -> list[tuple[Any, str | None, int]]:
+    def _send(self, bodies: list[dict], tags: list[str] | None = None) -> list[tuple[Any, str | None, int]]:
+        """Each body's (reply as a plain dict, error text, retries). In batch mode (an item being replayed,
+        aifeedback/batch_api.py) the replies come from batch results instead, parsed by the same code below."""
+        replaying = replay.current()
+        if replaying is not None:
+            raw = replaying.send(bodies, tags)
+            for data, _, _ in raw:
+                if data is not None:
+                    u = data.get("usage") or {}
+                    usage.record(int(u.get("prompt_tokens") or 0), int(u.get("completion_tokens") or 0), exact=bool(u))
+            return raw
         raw = self._ensure().run(self._gather(bodies))
         raw = [(None if d is None else d.model_dump(), e, r) for d, e, r in raw]  # plain dicts, as the endpoint sent them
         self.stats.retries += sum(r for _, _, r in raw)
@@ -243,9 +253,10 @@ class OpenAIBackend:
     # protocol -----------------------------------------------------------------
     def generate(self, chats: list[Chat], params: SamplingConfig, seeds: list[list[int]] | None = None) -> list[GenerationResult]:
         self.stats.generate_calls += 1
-        bodies = []
+        bodies, tags = [], []
         for i, chat in enumerate(chats):
             for j in range(params.n):
+                tags.append(f"s{j}" if params.n > 1 else "")
                 body = {
                     "model": self.model_id,
                     "messages": chat,
@@ -256,7 +267,7 @@ class OpenAIBackend:
                 if seeds is not None:
                     body["seed"] = int(seeds[i][j])
                 bodies.append(body)
-        raw = self._send(bodies)
+        raw = self._send(bodies, tags)
         out: list[GenerationResult] = []
         for i in range(len(chats)):
             res = GenerationResult()
@@ -296,7 +307,7 @@ class OpenAIBackend:
             if self.cfg.top_logprobs > 0:
                 body.update(logprobs=True, top_logprobs=self.cfg.top_logprobs)
             bodies.append(body)
-        raw = self._send(bodies)
+        raw = self._send(bodies, [p.tag for p in prompts])
         out = []
         for data, err, retries in raw:
             self.stats.prompts_scored += 1

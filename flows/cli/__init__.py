@@ -4,7 +4,7 @@ estimates (:mod:`.stages`); training and the loop (:mod:`.training`); data comma
 operations (:mod:`.ops`). Flows are imported lazily, so ``--help`` is quick.
 """
 
-from . import data, ops, stages, training  # noqa: F401  (each registers its commands on the app; --help lists them in this order)
+from . import batch, data, ops, stages, training  # noqa: F401  (each registers its commands on the app; --help lists them in this order)
 from .app import app, console
 from .options import STAGES
 

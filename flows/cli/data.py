@@ -135,9 +135,12 @@ def _run_usage(run_dir: str, as_json: bool) -> None:
 
     if not (Path(run_dir) / "history.jsonl").is_file():
         fail(ConfigError(f"{run_dir} holds no history.jsonl; pass --run-dir with a run directory a stage has written"))
+    from aifeedback.batch_files import BatchBook, stages_with_batches
+
     rows, tot = invocation_rows(run_dir), totals(run_dir)
+    batches = {s: BatchBook(run_dir, s).summary() for s in stages_with_batches(run_dir)}
     if as_json:
-        print(json.dumps({"invocations": rows, "totals": tot}, indent=1, default=str))
+        print(json.dumps({"invocations": rows, "totals": tot, "batches": batches}, indent=1, default=str))
         return
     cols = ("time", "stage", "n_in", "n_out", "batches_computed", "requests", "prompt_tokens", "completion_tokens", "cost_usd", "concurrency")
     table = Table(*cols, title=f"{run_dir}: stage runs")
@@ -146,7 +149,10 @@ def _run_usage(run_dir: str, as_json: bool) -> None:
     console.print(table)
     for stage, t in tot.items():
         cost = "not priced (set backend.prices)" if t["cost_usd"] is None else f"${t['cost_usd']:.6f}"
-        console.print(f"{stage}: {t['batches']} batches, {t['requests']} requests, {t['prompt_tokens']} prompt + {t['completion_tokens']} completion tokens{'' if t['exact'] else ' (some counts missing)'}, {cost}")
+        via = f" ({t['batch_api_requests']} of them through the Batch API, at its prices)" if t.get("batch_api_requests") else ""
+        console.print(f"{stage}: {t['batches']} batches, {t['requests']} requests{via}, {t['prompt_tokens']} prompt + {t['completion_tokens']} completion tokens{'' if t['exact'] else ' (some counts missing)'}, {cost}")
+    for stage, states in batches.items():
+        console.print(f"{stage} batches: " + "; ".join(f"{state} {v['batches']} ({v['requests']} requests{', ' + str(v['failed_requests']) + ' failed' if v['failed_requests'] else ''})" for state, v in sorted(states.items())))
 
 
 def config_classes() -> dict[str, type]:

@@ -69,6 +69,8 @@ BACKEND = (
     ConfigOption("backend.kind", str, ("--backend",), (BackendConfig, "kind")),
     ConfigOption("backend.model", str, ("--model",), (BackendConfig, "model")),
     ConfigOption("backend.base_url", str, ("--base-url",), (OpenAIBackendConfig, "base_url")),
+    ConfigOption("backend.batch", bool, ("--batch/--no-batch",), (OpenAIBackendConfig, "batch")),
+    ConfigOption("backend.batch_file_only", bool, ("--batch-file-only/--no-batch-file-only",), (OpenAIBackendConfig, "batch_file_only")),
 )
 MAX_BATCHES = Param("max_batches", Optional[int], typer.Option(None, "--max-batches", help="Compute at most this many new batches, then stop (a later run resumes)."))
 

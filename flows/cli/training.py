@@ -88,6 +88,8 @@ def loop(
     gold: Optional[str] = opt(LoopConfig, "gold", "--gold"),
     evaluator: Optional[str] = opt(LoopConfig, "evaluator", "--evaluator"),
     method: Optional[str] = opt(LoopConfig, "method", "--method"),
+    label__backend__batch: Optional[bool] = opt(LoopConfig, "label.backend.batch", "--batch/--no-batch"),
+    label__backend__batch_file_only: Optional[bool] = opt(LoopConfig, "label.backend.batch_file_only", "--batch-file-only/--no-batch-file-only"),
     compare: Optional[list[str]] = typer.Option(None, "--compare", help="NAME=RUN_DIR: another loop run shown side by side in the report (repeatable), e.g. the LLM-labelled control."),
     set_: Optional[list[str]] = Sets,
 ) -> None:
