@@ -13,7 +13,6 @@ Writes OUT/result.json.
 from __future__ import annotations
 
 import argparse
-import gzip
 import json
 import os
 import signal
@@ -116,7 +115,7 @@ def main() -> None:
             keys = labels.column("item_key").to_pylist() + excluded.column("item_key").to_pylist()
             tokens = [json.loads(x) for x in (run / "usage.jsonl").read_text().splitlines()]
             pt, ct = sum(t["prompt_tokens"] for t in tokens), sum(t["completion_tokens"] for t in tokens)
-            upstream_usage = {"prompt_tokens": sum((b.usage or {}).get("prompt_tokens", 0) for b in standin.batches.values()), "completion_tokens": sum((b.usage or {}).get("completion_tokens", 0) for b in standin.batches.values())}
+            sent = [f.custom_id for f in standin.forwarded]  # requests the stand-in ran against the model
             result.update(
                 first_run=first,
                 resumed_s=round(time.time() - t1, 1),
@@ -126,7 +125,9 @@ def main() -> None:
                 duplicates=len(keys) - len(set(keys)),
                 excluded_reasons=sorted(set(excluded.column("reason").to_pylist())),
                 batch_ids=sorted(set(labels.column("batch_id").to_pylist())),
-                tokens={"prompt": pt, "completion": ct, "standin_upstream_usage": upstream_usage},
+                requests_run_by_the_endpoint=len(sent),
+                requests_run_twice=len(sent) - len(set(sent)),
+                tokens={"prompt": pt, "completion": ct},
                 cost_usd={"synchronous": cost(PRICES, "smollm2", pt, ct), "batch": cost(PRICES, "smollm2", pt, ct, batch=True), "recorded": sum(t["cost_usd"] for t in tokens)},
                 prices=PRICES,
             )

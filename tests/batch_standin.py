@@ -414,7 +414,7 @@ class BatchStandin:
                 return
             if batch.cancel.is_set() or (self.expire_after is not None and done >= self.expire_after):
                 break
-            if self.delay_s and batch.cancel.wait(self.delay_s):
+            if self.delay_s and self._pause(batch, self.delay_s):
                 break
             line, ok, usage = self._execute(batch, req)
             with self._lock:
@@ -424,7 +424,9 @@ class BatchStandin:
             done += 1
         floor_left = self.in_progress_floor_s - (time.monotonic() - began)
         if floor_left > 0 and not batch.cancel.is_set():
-            batch.cancel.wait(floor_left)
+            self._pause(batch, floor_left)
+        if self._stop.is_set():
+            return
         with self._lock:
             if batch.cancel.is_set():
                 return self._end(batch, "cancelled")
@@ -436,6 +438,14 @@ class BatchStandin:
                 return self._end(batch, "expired")
             batch.status, batch.at["finalizing_at"] = "finalizing", int(time.time())
             self._end(batch, "completed")
+
+    def _pause(self, batch: BatchState, seconds: float) -> bool:
+        """Sleep, cut short by a cancel or by the stand-in stopping; True when cut short."""
+        end = time.monotonic() + seconds
+        while (left := end - time.monotonic()) > 0:
+            if batch.cancel.wait(min(left, 0.05)) or self._stop.is_set():
+                return True
+        return False
 
     def _end(self, batch: BatchState, status: str) -> None:
         """Write the output and error files (none when empty) and set the terminal status and its timestamp."""

@@ -49,6 +49,16 @@ def _records(run: Path) -> list[dict]:
     return BatchBook(run, "labels").records()
 
 
+def _written(standin, tmp_path: Path, n: int) -> tuple[Path, Path, BatchBook, dict]:
+    """A run whose label stage wrote its requests to one file (--batch-file-only) and sent nothing: (pairs, run, book, record)."""
+    src = _pairs_file(tmp_path / "pairs.jsonl", n)
+    run = tmp_path / "run"
+    _label(run, src, _backend(standin.base_url, batch_file_only=True))
+    book = BatchBook(run, "labels")
+    (rec,) = book.records()
+    return src, run, book, rec
+
+
 def _has_batch(run: Path) -> bool:
     """A batch of the run exists at the endpoint (its record holds the id)."""
     try:
@@ -198,11 +208,7 @@ def test_a_batch_created_before_its_record_was_written_is_found_again(standin, t
     """A kill between batches.create and the record's write: the re-run finds the batch by its input file."""
     import openai
 
-    src = _pairs_file(tmp_path / "pairs.jsonl", 2)
-    run = tmp_path / "run"
-    _label(run, src, _backend(standin.base_url, batch_file_only=True))
-    book = BatchBook(run, "labels")
-    (rec,) = book.records()
+    src, run, book, rec = _written(standin, tmp_path, 2)
     client = openai.OpenAI(api_key="no-key", base_url=standin.base_url)
     f = client.files.create(file=book.requests_path(rec).open("rb"), purpose="batch")
     client.batches.create(input_file_id=f.id, endpoint="/v1/chat/completions", completion_window="24h")
@@ -210,6 +216,29 @@ def test_a_batch_created_before_its_record_was_written_is_found_again(standin, t
     book.save(rec)
     s = _label(run, src, _backend(standin.base_url, batch=True, batch_poll_s=0.2))
     assert s["complete"] and s["n_out"] == 2 and standin.creations == 1
+
+
+def test_cancel_batches_cancels_the_open_ones_and_their_requests_go_again(standin, tmp_path):
+    from aifeedback.batch_api import make_client, submit
+    from aifeedback.config import BackendConfig
+    from flows.cli import app
+
+    src, run, book, rec = _written(standin, tmp_path, 2)
+    standin.delay_s = 5.0  # stays in progress
+    cfg = BackendConfig(**_backend(standin.base_url, batch=True, batch_poll_s=0.2))
+    submit(make_client(cfg), book, rec, cfg, run)
+    (rec,) = book.records()
+    res = CliRunner().invoke(app, ["cancel-batches", "--run-dir", str(run)])
+    assert res.exit_code == 0 and f"{rec['batch_id']}: cancelling" in res.output and "1 open batch(es) cancelled" in res.output, res.output
+    assert standin.wait(rec["batch_id"]).status == "cancelled"
+    standin.delay_s = 0.0
+    first = _label(run, src, _backend(standin.base_url, batch=True, batch_poll_s=0.2))
+    ex = [e for e in _excluded(run) if e["reason"] == "backend_error"]
+    assert first["complete"] and len(ex) == 2 and all(e["batch_id"] == rec["batch_id"] and "cancelled" in e["detail"] for e in ex)
+    again = _label(run, src, _backend(standin.base_url, batch=True, batch_poll_s=0.2))
+    assert again["complete"] and (again["n_out"], again["n_excluded"]) == (2, 1) and standin.creations == 2
+    res = CliRunner().invoke(app, ["cancel-batches", "--run-dir", str(run)])
+    assert res.exit_code == 0 and "no open batches" in res.output
 
 
 def test_file_only_then_import_gives_the_same_rows(llama_server, standin, tmp_path):
@@ -278,3 +307,11 @@ def test_result_lines_of_openai_and_vllm_shapes():
     assert read_result_line(vllm, "import-1")[1].body["choices"][0]["message"]["content"] == "2"
     with pytest.raises(ValueError, match="custom_id"):
         read_result_line({"id": "x"}, "b")
+
+
+@pytest.mark.parametrize("argv", [["label", "--input", "x.jsonl"], ["generate", "--input", "x.jsonl"], ["revise"], ["loop"]])
+def test_batch_flag_is_on_every_stage_and_needs_the_openai_backend(argv, tmp_path):
+    from flows.cli import app
+
+    res = CliRunner().invoke(app, [*argv, "--run-dir", str(tmp_path / "r"), "--batch"])
+    assert res.exit_code == 2 and "batch' is a setting of the openai backend" in res.output and "to openai" in res.output, res.output
