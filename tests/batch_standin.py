@@ -73,11 +73,13 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import ThreadingHTTPServer
 from queue import Queue
 from urllib.parse import parse_qs, unquote, urlsplit
 
 import httpx
+
+from standin_http import StandinHandler
 
 DAY = 86_400
 BATCH_FILE_LIMIT = 200 * 1024 * 1024  # files.create docstring: "The Batch API only supports .jsonl files up to 200 MB"
@@ -88,6 +90,7 @@ ENDPOINTS = ("/v1/responses", "/v1/chat/completions", "/v1/embeddings", "/v1/com
 TIMESTAMPS = ("in_progress_at", "finalizing_at", "completed_at", "failed_at", "expired_at", "cancelling_at", "cancelled_at")
 FILE_ROUTE = re.compile(r"^/v1/files/([^/]+)(/content)?$")
 BATCH_ROUTE = re.compile(r"^/v1/batches/([^/]+)(/cancel)?$")
+PASSTHROUGH = -1  # route()'s status for a synchronous call the handler forwards after releasing the lock
 
 
 class APIError(Exception):
@@ -280,7 +283,7 @@ class BatchStandin:
             if call.method == "GET":
                 return 200, stored.data if m.group(2) else stored.object()
         if path == "/v1/chat/completions" and call.method == "POST":  # the synchronous API at the same base URL, as at OpenAI
-            return self._passthrough(call.json)
+            return PASSTHROUGH, call.json  # forwarded by the handler once the lock is released
         if path == "/v1/batches" and call.method == "POST":
             return self._create(call.json)
         if path == "/v1/batches" and call.method == "GET":
@@ -296,14 +299,20 @@ class BatchStandin:
         self.unhandled.append(f"{call.method} {path}")
         raise APIError(404, f"Invalid URL ({call.method} {path})")
 
-    def _passthrough(self, payload: object) -> tuple[int, object]:
-        """A synchronous chat completion, forwarded to the upstream as it is (no faults): so a test can run the
-        synchronous path and batch mode against one base URL, which item keys and ids include."""
+    def passthrough(self, payload: object) -> tuple[int, object]:
+        """A synchronous chat completion, forwarded to the upstream as it is (no faults), outside the lock: so a
+        test can run the synchronous path and batch mode against one base URL, which item keys and ids include."""
         if self.upstream_base_url is None:
-            raise APIError(500, "the batch stand-in was started without an upstream_base_url", type="server_error")
+            return 500, _error_body("the batch stand-in was started without an upstream_base_url")
         headers = {"Authorization": f"Bearer {self.upstream_api_key}"} if self.upstream_api_key else {}
-        r = self._http.post(self.upstream_base_url + "/chat/completions", json=payload, headers=headers)
-        return r.status_code, r.json()
+        url = self.upstream_base_url + "/chat/completions"
+        try:
+            r = self._http.post(url, json=payload, headers=headers)
+            return r.status_code, r.json()
+        except httpx.HTTPError as exc:
+            return 502, _error_body(f"the upstream at {url} could not be reached: {type(exc).__name__}: {exc}")
+        except ValueError:
+            return 502, _error_body(f"the upstream at {url} answered {r.status_code} with a body that is not JSON: {r.text[:200]!r}")
 
     def _upload(self, call: Call, body: bytes) -> tuple[int, dict]:
         fields = parse_multipart(call.headers.get("content-type", ""), body)
@@ -542,23 +551,8 @@ def _add_usage(total: dict | None, usage: dict | None) -> dict:
     return total
 
 
-class _Handler(BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
+class _Handler(StandinHandler):
     api: BatchStandin
-
-    def log_message(self, *args) -> None:  # the calls are recorded instead
-        pass
-
-    def _body(self) -> bytes:
-        if self.headers.get("Transfer-Encoding", "").lower() == "chunked":
-            out = bytearray()
-            while size := int(self.rfile.readline().split(b";")[0].strip() or b"0", 16):
-                out += self.rfile.read(size)
-                self.rfile.readline()
-            while self.rfile.readline() not in (b"\r\n", b"\n", b""):
-                pass
-            return bytes(out)
-        return self.rfile.read(int(self.headers.get("Content-Length") or 0))
 
     def _handle(self) -> None:
         api = self.api
@@ -584,6 +578,8 @@ class _Handler(BaseHTTPRequestHandler):
                 status, payload = exc.status, exc.body
             except (KeyError, TypeError, ValueError) as exc:  # a malformed request, not a stand-in crash
                 status, payload = 400, {"error": {"message": f"malformed request: {type(exc).__name__}: {exc}", "type": "invalid_request_error", "param": None, "code": None}}
+        if status == PASSTHROUGH:
+            status, payload = api.passthrough(payload)
         call.status = status
         data, ctype = (payload, "application/octet-stream") if isinstance(payload, bytes) else (json.dumps(payload).encode(), "application/json")
         try:
