@@ -26,7 +26,6 @@ class Capabilities:
     token_counts_exact: bool  # prompt/completion token counts come from the model's tokenizer
     max_context: int | None = None
     tokenizer: bool = False  # ``backend.tokenizer`` can count and cut text exactly (else lengths are approximate)
-    batch: bool = False  # requests go through a Batch API or batch files (backend.batch): the stage driver runs aifeedback/batch_api.py
 
 
 class Tokenizer(Protocol):

@@ -135,7 +135,7 @@ class OpenAIBackend:
             )
         check_key_transport(cfg, key)
         self._key = key
-        self.capabilities = Capabilities(logprobs=cfg.top_logprobs > 0, prefix_reuse=True, in_process=False, token_counts_exact=True, tokenizer=False, batch=cfg.batch or cfg.batch_file_only)
+        self.capabilities = Capabilities(logprobs=cfg.top_logprobs > 0, prefix_reuse=True, in_process=False, token_counts_exact=True, tokenizer=False)
         self.tokenizer = None  # the served model's tokenizer is not here: lengths are approximate
         self.stats = BackendStats()
         self.limiter = AdaptiveLimiter(cfg.max_concurrency, cfg.requests_per_minute, cfg.tokens_per_minute, adaptive=cfg.adaptive_concurrency, name=cfg.base_url)
