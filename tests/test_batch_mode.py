@@ -170,6 +170,20 @@ def test_expired_and_failed_requests_are_excluded_then_labelled_next_run(standin
     assert resent.total <= 2 * len(ex)  # only the excluded pairs' missing requests went again
 
 
+def test_a_batch_that_fails_validation_excludes_its_pairs_then_they_go_again(standin, tmp_path):
+    src = _pairs_file(tmp_path / "pairs.jsonl", 3)
+    backend = _backend(standin.base_url, batch=True, batch_poll_s=0.2)
+    standin.fail_validation = True
+    first = _label(tmp_path / "run", src, backend)
+    bid = next(iter(standin.batches))
+    ex = [e for e in _excluded(tmp_path / "run") if e["reason"] == "backend_error"]
+    assert first["complete"] and (first["n_out"], first["n_excluded"]) == (0, 4) and len(ex) == 3
+    assert all(e["batch_id"] == bid and "failed validation" in e["detail"] for e in ex)
+    standin.fail_validation = False
+    again = _label(tmp_path / "run", src, backend)
+    assert again["complete"] and (again["n_out"], again["n_excluded"]) == (3, 1) and standin.creations == 2
+
+
 def test_small_limits_split_the_work(standin, tmp_path):
     src = _pairs_file(tmp_path / "pairs.jsonl", 6)
     s = _label(tmp_path / "run", src, _backend(standin.base_url, batch=True, batch_poll_s=0.2, batch_max_requests=5))

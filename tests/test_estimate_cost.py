@@ -38,6 +38,7 @@ def test_generate_estimate_costs_tokens_times_prices(tmp_path):
     assert (est["requests"], est["prompt_tokens"], est["completion_tokens_max"], est["tokens"]) == (4, 100, 64, 164)
     # 100 prompt tokens at $2.5 a million + 64 completion tokens at $10 a million
     assert est["cost_usd"] == pytest.approx(0.000890, rel=1e-12)
+    assert est["cost_usd_batch"] == pytest.approx(0.000445, rel=1e-12)  # through the Batch API: half, with no batch prices given
     # 4 requests at 8 a minute: 30 s; 164 tokens at 164 a minute: 60 s; the slower one
     assert est["seconds_at_rate_limits"] == 60.0
     assert not (tmp_path / "run" / "responses").exists()  # nothing computed or stored
