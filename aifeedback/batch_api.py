@@ -238,7 +238,7 @@ def replay_batches(store: Any, job: Any, batches: list[Any], replay: Replay) -> 
                 if isinstance(v, (int, float)):
                     stats[k] = stats.get(k, 0) + v
             ids[job.item_id(item)] = ",".join(sorted(it.batch_ids)) or None
-            for k in ("requests", "prompt_tokens", "completion_tokens"):
+            for k in usage.TOKEN_KEYS:
                 setattr(total, k, getattr(total, k) + getattr(m, k))
             total.exact = total.exact and m.exact
         if not complete:

@@ -234,17 +234,19 @@ class OpenAIBackend:
         replaying = replay.current()
         if replaying is not None:
             raw = replaying.send(bodies, tags)
-            for data, _, _ in raw:
-                if data is not None:
-                    u = data.get("usage") or {}
-                    usage.record(int(u.get("prompt_tokens") or 0), int(u.get("completion_tokens") or 0), exact=bool(u))
-            return raw
-        raw = self._ensure().run(self._gather(bodies))
-        raw = [(None if d is None else d.model_dump(), e, r) for d, e, r in raw]  # plain dicts, as the endpoint sent them
+            notes: dict = {}
+        else:
+            raw = self._ensure().run(self._gather(bodies))
+            raw = [(None if d is None else d.model_dump(), e, r) for d, e, r in raw]  # plain dicts, as the endpoint sent them
+            notes = self.limiter.snapshot()
         self.stats.retries += sum(r for _, _, r in raw)
-        for data, _, _ in raw:  # the endpoint's own usage, on the calling thread's meters (the batch's)
+        for data, _, _ in raw:  # the endpoint's own usage, on the calling thread's meters (the batch's); a request not yet answered counts nothing
+            if data is None and replaying is not None:
+                continue
             u = (data or {}).get("usage") or {}
-            usage.record(int(u.get("prompt_tokens") or 0), int(u.get("completion_tokens") or 0), exact=bool(u) or data is None, **self.limiter.snapshot())
+            usage.record(int(u.get("prompt_tokens") or 0), int(u.get("completion_tokens") or 0), exact=bool(u) or data is None, **notes)
+        if replaying is not None:
+            return raw
         errors = [e for _, e, _ in raw if e]
         if raw and len(errors) == len(raw) and all(_UNREACHABLE.match(e) for e in errors):
             raise BackendError(f"the endpoint {self.base_url} is unreachable; every request failed. Last error: {errors[-1]}. Check that the server is running.")
