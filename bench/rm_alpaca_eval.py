@@ -7,6 +7,7 @@ when --derive contrast. A seeded subset of --n-train pairs when given.
 Variants (RewardConfig, one MiniLM each, same data, same seed):
 - none: the judge's soft labels as they are;
 - residual: length_control=residual (the judge's length effect fitted and removed from the targets);
+- residual6: the same with log-odds clipped at 1e-6 instead of the default 0.01 (the setting of the first measurement);
 - balance: length_balance=true (pairs won by the longer and the shorter answer weigh the same);
 - odin: length_head=true (a second head absorbs length).
 
@@ -36,6 +37,7 @@ sys.path.insert(0, str(REPO / "bench"))
 VARIANTS = {
     "none": {},
     "residual": {"length_control": "residual"},
+    "residual6": {"length_control": "residual", "length_control_eps": 1e-6},
     "balance": {"length_balance": True},
     "odin": {"length_head": True},
 }
