@@ -97,12 +97,13 @@ def seq_logprob(model, samples: list[dict], temperature: float, batch_size: int 
             rows += [j] * (b - a)
             cols += list(range(a - 1, b - 1))
             targets += samples[i]["gen_ids"]
-        dev = model.device  # the policy is on the GPU when one is present; build the batch there
+        dev = model.device  # the policy is on the GPU when one is present; the batch goes there, the sums come back
+        rows_t = torch.tensor(rows)
         with torch.inference_mode():
             hidden = model.base_model(input_ids=ids.to(dev), attention_mask=mask.to(dev)).last_hidden_state
-            logits = head(hidden[torch.tensor(rows, device=dev), torch.tensor(cols, device=dev)]).float() / temperature
+            logits = head(hidden[rows_t.to(dev), torch.tensor(cols, device=dev)]).float() / temperature
             lp = torch.log_softmax(logits, -1).gather(-1, torch.tensor(targets, device=dev)[:, None]).squeeze(-1).cpu()
-        sums = torch.zeros(len(idx), dtype=torch.float64).index_add_(0, torch.tensor(rows), lp.double())
+        sums = torch.zeros(len(idx), dtype=torch.float64).index_add_(0, rows_t, lp.double())
         for j, i in enumerate(idx):
             out[i] = float(sums[j])
     return out
