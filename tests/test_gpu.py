@@ -114,6 +114,75 @@ def test_device_decoder_on_cpu_is_seeded_per_row_and_greedy_matches_the_cpu_path
     assert _decode_rows(tiny_dir, "cpu", True, 6, greedy, prompts, seeds) == _decode_rows(tiny_dir, "cpu", False, 6, greedy, prompts, seeds)
 
 
+def _host_reads(fn):
+    """(fn(), how many times it read a tensor's value on the host): .item(), bool(t) and the scalar copy under them.
+    On a GPU each of these waits for the device."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    reads = (torch.ops.aten._local_scalar_dense.default, torch.ops.aten.is_nonzero.default, torch.ops.aten.item.default)
+
+    class Count(TorchDispatchMode):
+        n = 0
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            if func in reads:
+                Count.n += 1
+            return func(*args, **(kwargs or {}))
+
+    with Count():
+        out = fn()
+    return out, Count.n
+
+
+@pytest.mark.parametrize("attn", ["sdpa", "eager"])
+def test_device_decoder_reads_the_host_only_every_sync_interval(tiny_dir, attn):
+    """With a 2D padding mask, transformers' SDPA mask builder reads the mask on the host at every step (48 reads
+    for 48 tokens); the device path passes a prebuilt 4D mask, so only the stop check every SYNC_EVERY steps reads."""
+    from aifeedback.backends.transformers.decoding import SYNC_EVERY, decode_cpu, decode_on_device
+
+    b = _backend(tiny_dir, "cpu")
+    b.model.set_attn_implementation(attn)
+    try:
+        prompts = [b.encode(b.render([{"role": "user", "content": f"Tell me about {i}." * (1 + i % 3)}])) for i in range(6)]  # padded rows
+        out, n = _host_reads(lambda: decode_on_device(b, prompts, SamplingConfig(max_new_tokens=48, temperature=0.8, top_p=0.9), list(range(6))))
+        assert all(len(t) == 48 for t, _ in out)
+        assert n == (48 - 1) // SYNC_EVERY, n  # steps 15 and 31 look at the stop flags; step 47 is the last
+        greedy = SamplingConfig(max_new_tokens=20, temperature=0)  # the 4D mask is the padding mask: the same tokens as the CPU path
+        assert decode_on_device(b, prompts, greedy, [0] * 6) == decode_cpu(b, prompts, greedy, [0] * 6)
+    finally:
+        b.model.set_attn_implementation("sdpa")
+
+
+def test_device_decoder_stops_rows_at_eos_and_leaves_the_loop_early(tiny_dir):
+    """Known answer: a seeded row draws the same tokens whatever stops it, so with stop tokens added each row is its
+    free run cut at its first stop token (finish "stop"); once every row has stopped, the loop ends at the next look
+    at the stop flags instead of running max_new_tokens."""
+    from aifeedback.backends.transformers.decoding import SYNC_EVERY, decode_on_device
+
+    b = _backend(tiny_dir, "cpu")
+    prompts = [b.encode(b.render([{"role": "user", "content": f"Name a colour, {i}." * (1 + i % 2)}])) for i in range(5)]
+    params, seeds = SamplingConfig(max_new_tokens=48, temperature=0.8, top_p=0.9), [1, 2, 3, 4, 5]
+    free = decode_on_device(b, prompts, params, seeds)
+    assert all(len(t) == 48 and f == "length" for t, f in free)
+    saved = b.eos_set
+    b.eos_set = frozenset(t[2 + 2 * r] for r, (t, _) in enumerate(free))  # row r's token at step 2 + 2r now ends a row
+    try:
+        want = []
+        for t, _ in free:
+            cut = next(i for i, x in enumerate(t) if x in b.eos_set)
+            want.append((t[:cut], "stop"))
+        assert len({len(t) for t, _ in want}) > 2  # rows stop at different steps
+        calls = []
+        forward = b.forward
+        b.forward = lambda *a, **k: calls.append(1) or forward(*a, **k)
+        got = decode_on_device(b, prompts, params, seeds)
+        b.forward = forward
+        assert got == want
+        assert len(calls) == SYNC_EVERY  # the prefill and steps 0-14; step 15 sees every row stopped (48 without the check)
+    finally:
+        b.eos_set = saved
+
+
 # ------------------------------------------------------------------ on a GPU
 @pytest.mark.gpu
 @gpu

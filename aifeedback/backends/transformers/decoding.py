@@ -89,6 +89,7 @@ def decode_on_device(backend: TransformersBackend, prompts: list[list[int]], par
     L = ids.shape[1]
     full_mask = torch.ones((B, L + T), dtype=torch.long, device=dev)  # the mask of the whole decode, sliced per step
     full_mask[:, :L] = mask.to(dev)
+    prefill_mask, step_mask = device_masks(backend, full_mask, L)
     pos = (mask.cumsum(-1) - 1).clamp(min=0).to(dev)
     keys = row_keys(torch.tensor([(s if s is not None else 0) & MASK32 for s in seeds], dtype=torch.int64, device=dev))
     eos = torch.tensor(sorted(backend.eos_set) or [-1], dtype=torch.long, device=dev)
@@ -100,7 +101,7 @@ def decode_on_device(backend: TransformersBackend, prompts: list[list[int]], par
     cache.layers = [reserved_layer(L + T) for _ in range(backend.model.config.num_hidden_layers)]
     cache.layer_class_to_replicate = None
     with torch.inference_mode():
-        logits = backend.forward(ids.to(dev), full_mask[:, :L], pos, cache, count=False)
+        logits = backend.forward(ids.to(dev), prefill_mask, pos, cache, count=False)
         for step in range(T):
             nxt = torch.where(finished, pad, sample_on_device(logits, params, keys, step))
             hit = torch.isin(nxt, eos) & ~finished
@@ -110,10 +111,34 @@ def decode_on_device(backend: TransformersBackend, prompts: list[list[int]], par
             if step == T - 1 or ((step + 1) % SYNC_EVERY == 0 and bool(finished.all())):
                 break
             pos = pos[:, -1:] + 1
-            logits = backend.forward(nxt[:, None], full_mask[:, : L + step + 1], pos, cache, count=False)
+            logits = backend.forward(nxt[:, None], step_mask[..., : L + step + 1], pos, cache, count=False)
     stopped = (length < T).cpu().tolist()
     out_l, length_l = out.cpu().tolist(), length.cpu().tolist()
     return [(out_l[b][: length_l[b]], "stop" if stopped[b] else "length") for b in range(B)]
+
+
+def device_masks(backend: TransformersBackend, full_mask, L: int):
+    """(prefill mask, decode mask to slice per step), built once on the device.
+
+    Given a 2D padding mask, transformers' SDPA mask builder reads it on the host at every step (is it all ones,
+    so the mask can be skipped?): one device sync per decoded token. A 4D mask is used as given, so the decode
+    loop passes one: boolean for SDPA, additive for eager. A left-padding query attends to itself, so no row of
+    the mask is empty (an empty row gives NaN, which the cached keys would carry into real rows). Other attention
+    implementations (flash) take the 2D mask as before."""
+    import torch
+
+    impl = getattr(backend.model.config, "_attn_implementation", None)
+    if impl not in ("sdpa", "eager"):
+        return full_mask[:, :L], full_mask
+    keys = full_mask.bool()
+    eye = torch.eye(L, dtype=torch.bool, device=full_mask.device)
+    prefill = (torch.ones((L, L), dtype=torch.bool, device=full_mask.device).tril() & keys[:, None, None, :L]) | eye
+    step = keys[:, None, None, :]  # (B, 1, 1, L + T): the new token is real, and attends to every real key before it
+    if impl == "eager":
+        dtype = next(backend.model.parameters()).dtype
+        lo = torch.finfo(dtype).min
+        return torch.where(prefill, 0.0, lo).to(dtype), torch.where(step, 0.0, lo).to(dtype)
+    return prefill, step
 
 
 MASK32 = 0xFFFFFFFF
