@@ -119,14 +119,33 @@ class TransformersBackendConfig(BackendConfig):
 
     # device: "auto" is recorded as given, and CPU and GPU kernels differ in the last bits, so it counts as output-affecting
     device: str = Setting("auto", affects_output=True, description="transformers: torch device; auto picks cuda when present, else cpu.")
-    dtype: Literal["float32", "bfloat16", "float16", "auto"] = _dtype()
+    dtype: Literal["device", "float32", "bfloat16", "float16", "auto"] = Setting(
+        "device",
+        affects_output=True,
+        description="transformers: weight dtype. device: float32 on CPU, bfloat16 on a GPU with bf16 units (float32 on one without); auto: the checkpoint's. Keys and provenance hold the dtype it resolves to.",
+    )
     num_threads: int | None = Setting(None, affects_output=False, ge=1, description="transformers: torch intra-op threads; default is the number of cores.")
     # batch shapes and the scoring strategy change the padding and the order of float sums only:
     # outputs agree to float noise (tests/test_backend_transformers.py), so they are performance knobs
-    gen_batch_size: int = Setting(32, affects_output=False, ge=1, le=1024, description="Chats decoded together in one batch (32 was fastest on a 2-core CPU: docs/performance.md).")
+    gen_batch_size: int = Setting(32, affects_output=False, ge=1, le=1024, description="Chats decoded together in one batch (32 was fastest on a 2-core CPU: docs/performance.md). On a GPU, unless set, sized by the device's free memory (up to 1,024).")
     score_batch_size: int = Setting(32, affects_output=False, ge=1, le=4096, description="transformers: scoring prompts evaluated together.")
     score_strategy: Literal["auto", "grouped", "varlen", "batched"] = Setting("auto", affects_output=False, description="transformers: varlen lays many pairs' tokens end to end in one forward pass, so the matrix products are large, and runs attention per pair over the shared prefix (no padding, no cross-pair attention; the CPU default for Llama-architecture models, else grouped); grouped scores each pair's orders together after a shared prefix, one pair per pass; batched pads many prompts into one pass (best on GPU); auto picks by device. All give the same probabilities (to 1e-5; docs/performance.md).")
     score_batch_tokens: int = Setting(12288, affects_output=False, ge=256, description="transformers: most padded prompt tokens in one scoring forward pass.")
+
+
+    def resolved_dtype(self) -> str:
+        """The dtype the weights load in: ``device`` resolved on this machine (torch is imported only off CPU)."""
+        if self.dtype != "device":
+            return self.dtype
+        if self.device == "cpu":
+            return "float32"
+        import torch
+
+        cuda = torch.cuda.is_available() if self.device == "auto" else self.device.startswith("cuda")
+        return "bfloat16" if cuda and torch.cuda.is_bf16_supported() else "float32"
+
+    def identity(self) -> dict:
+        return {**super().identity(), "dtype": self.resolved_dtype()}
 
 
 class OpenAIBackendConfig(BackendConfig):

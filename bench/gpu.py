@@ -14,8 +14,10 @@ Prepare on a machine with the checkout (writes .aif-cache/gpu-bench/: tok/ = the
 tokenizer.json, tokenizer_config.json, chat_template.jinja, config.json, generation_config.json, about 3.5 MB,
 and pairs.jsonl = 2,048 hh-rlhf harmless-base pairs, about 2 MB):
     python bench/gpu.py --prepare
-Run (the GPU machine; pydantic importable; carry .aif-cache/gpu-bench):
-    python bench/gpu.py --out OUT --budget-s 480 [--8b]
+It also downloads the wheels the GPU machine lacks (pydantic and its dependencies, pytest) into .gpu/whl/.
+Run on the GPU machine, carrying .aif-cache/gpu-bench and .gpu/whl (bench/gpu_device.sh installs the wheels,
+runs the GPU tests, then this bench, writing to $OUT):
+    bash bench/gpu_device.sh [--8b]
 Check on CPU, tiny shapes, under 2 minutes:
     python bench/gpu.py --tiny --out /tmp/gpu-tiny
 --budget-s is checked before every measurement; a measurement that would not fit is skipped and recorded.
@@ -53,6 +55,26 @@ STRATEGIES = ("auto", "batched", "grouped", "varlen")
 
 
 # ---------------------------------------------------------------------------------------------- preparation
+WHEELS = REPO / ".gpu" / "whl"  # git-ignored; carried to the GPU machine beside the assets
+# What the lent GPU machine lacks (it has Python 3.12, torch, transformers, numpy, pyarrow; no network): pydantic and
+# its three dependencies, and pytest for tests/test_gpu.py. trl and datasets (test_dpo_step_on_cuda) would take
+# the carry past its 64 MiB, so that test skips there.
+GPU_WHEELS = ("pydantic", "pydantic-core", "annotated-types", "typing-inspection", "typing-extensions", "pytest", "iniconfig", "pluggy", "packaging", "pygments")
+
+
+def fetch_wheels(dest: Path) -> None:
+    """cp312 manylinux wheels of GPU_WHEELS, at the versions installed here, into ``dest`` (from the package index)."""
+    import subprocess
+    from importlib.metadata import version
+
+    dest.mkdir(parents=True, exist_ok=True)
+    pins = [f"{n}=={version(n)}" for n in GPU_WHEELS]
+    subprocess.run([sys.executable, "-m", "pip", "download", "-q", "--no-deps", "--only-binary=:all:", "--python-version", "3.12",
+                    "--platform", "manylinux2014_x86_64", "--platform", "manylinux_2_28_x86_64", "-d", str(dest), *pins], check=True)
+    size = sum(f.stat().st_size for f in dest.glob("*.whl"))
+    print(f"wrote {dest} ({size / 1e6:.1f} MB): {', '.join(pins)}")
+
+
 def prepare(assets: Path, n_pairs: int) -> None:
     """Copy the tokenizer files of the converted embedded model and write hh-rlhf pairs (no model weights)."""
     from aifeedback.models import converted_smollm2_dir, ensure_smollm2
@@ -479,6 +501,7 @@ def main() -> None:
     args = ap.parse_args()
     if args.prepare:
         prepare(Path(args.assets), 2048)
+        fetch_wheels(WHEELS)
         return
     bench = Bench(args)
     bench.section(bench.env)

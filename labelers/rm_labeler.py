@@ -81,9 +81,12 @@ def align_padding(model, tok) -> None:
 
 
 class RewardModelScorer:
-    """r(prompt, response) from a saved reward model: output 0 (the quality head when ODIN's length head is present)."""
+    """r(prompt, response) from a saved reward model: output 0 (the quality head when ODIN's length head is present).
 
-    def __init__(self, path: str | Path, max_length: int | None = None, batch_size: int = 32):
+    It runs on a GPU when one is present (``device`` "auto"), in float32 (as trained and saved), with larger
+    batches there; pairs are scored in batches sorted by length, so little of a batch is padding."""
+
+    def __init__(self, path: str | Path, max_length: int | None = None, batch_size: int | None = None, device: str = "auto"):
         import torch
         from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
@@ -91,10 +94,11 @@ class RewardModelScorer:
         self.path = str(Path(path).resolve())
         head = _head_config(Path(path))
         self.max_length = max_length or int(head.get("max_length") or 256)
-        self.batch_size = batch_size
+        self.device = torch.device(scorer_device() if device == "auto" else device)
+        self.batch_size = batch_size or (256 if self.device.type == "cuda" else 32)
         self.length_head = bool(head.get("length_head"))
         self.tok = AutoTokenizer.from_pretrained(path)
-        self.model = AutoModelForSequenceClassification.from_pretrained(path).eval()
+        self.model = AutoModelForSequenceClassification.from_pretrained(path).to(self.device).eval()
         align_padding(self.model, self.tok)
         self._torch = torch
         self._lock = threading.Lock()
@@ -104,11 +108,14 @@ class RewardModelScorer:
         return f"rm:{self.path}"
 
     def score(self, prompts: list[str], responses: list[str]) -> list[float]:
-        out: list[float] = []
-        with self._lock, self._torch.no_grad():
-            for s in range(0, len(prompts), self.batch_size):
-                enc = self.tok(prompts[s : s + self.batch_size], responses[s : s + self.batch_size], truncation="longest_first", max_length=self.max_length, padding=True, return_tensors="pt")
-                out += self.model(**enc).logits[:, 0].tolist()
+        out: list[float] = [0.0] * len(prompts)
+        order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]) + len(responses[i]))
+        with self._lock, self._torch.inference_mode():
+            for s in range(0, len(order), self.batch_size):
+                idx = order[s : s + self.batch_size]
+                enc = self.tok([prompts[i] for i in idx], [responses[i] for i in idx], truncation="longest_first", max_length=self.max_length, padding=True, return_tensors="pt")
+                for i, r in zip(idx, self.model(**enc.to(self.device)).logits[:, 0].float().tolist()):
+                    out[i] = r
         return out
 
     def pair_rewards(self, pairs: list[dict]) -> tuple[list[float], list[float]]:
@@ -121,6 +128,13 @@ class RewardModelScorer:
         uniq = list(dict.fromkeys(k for ab in keys for k in ab))
         r = dict(zip(uniq, self.score([k[0] for k in uniq], [k[1] for k in uniq])))
         return [r[a] for a, _ in keys], [r[b] for _, b in keys]
+
+
+def scorer_device() -> str:
+    """Where a reward model scores ("auto"): cuda when present, else cpu."""
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
 
 
 def cached_scorer(path: str | Path, max_length: int | None = None) -> RewardModelScorer:
@@ -176,7 +190,9 @@ class RMLabelJob:
         return item["pair_id"]
 
     def key_config(self) -> dict:
-        return {"labeler": "reward_model", "model_dir": str(Path(self.model_dir).resolve()), "weights": self._version, "max_length": self.max_length}
+        # a GPU's kernels differ from the CPU's in the last bits: its labels are other outputs (CPU keys stay as they were)
+        dev = scorer_device()
+        return {"labeler": "reward_model", "model_dir": str(Path(self.model_dir).resolve()), "weights": self._version, "max_length": self.max_length, **({"device": dev} if dev != "cpu" else {})}
 
     def derivation(self) -> Derivation:
         return Derivation(tie_margin=self.tie_margin, temperature=self.temperature)
@@ -188,7 +204,7 @@ class RMLabelJob:
         return f"reward-model@{self._version}"
 
     def manifest_info(self) -> dict:
-        return {"labeler": "reward_model", "reward_model": str(Path(self.model_dir).resolve()), "prob_source": PROB_SOURCE}
+        return {"labeler": "reward_model", "reward_model": str(Path(self.model_dir).resolve()), "prob_source": PROB_SOURCE, "device": scorer_device()}
 
     def compute(self, items: list[dict], key: str) -> tuple[list[dict], list[dict], dict]:
         import time

@@ -112,6 +112,8 @@ def _other_value(name: str, field, current):
     if typing.get_origin(ann) is dict:
         return {"other": 1}
     args = [a for a in typing.get_args(ann) if a is not type(None)] or [ann]  # X | None -> X
+    if name == "dtype" and current == "device":  # "device" resolves to float32 on CPU, so flip to another dtype
+        return "bfloat16"
     if typing.get_origin(ann) is typing.Literal:
         return next(c for c in typing.get_args(ann) if c != current)
     if name == "kind":
@@ -144,6 +146,14 @@ def test_identity_changes_exactly_with_the_output_affecting_settings(cls):
         assert getattr(flipped, name) != getattr(base, name), name
         changed = flipped.identity() != base.identity()
         assert changed == affects_output(field), f"{cls.__name__}.{name}: affects_output={affects_output(field)} but identity {'changed' if changed else 'did not change'}"
+
+
+def test_transformers_dtype_device_resolves_to_float32_on_cpu_in_the_identity():
+    """The default dtype ("device") keys and records what the weights load in: on CPU the same identity as float32,
+    so keys made before the default changed still match."""
+    assert TransformersBackendConfig(device="cpu").identity() == TransformersBackendConfig(device="cpu", dtype="float32").identity()
+    assert TransformersBackendConfig(device="cpu").identity()["dtype"] == "float32"
+    assert TransformersBackendConfig(device="cpu", dtype="bfloat16").identity()["dtype"] == "bfloat16"
 
 
 def test_identity_holds_what_the_issue_names():

@@ -205,6 +205,63 @@ def test_cuda_auto_sizes_batches_by_device_memory(tiny_dir):
 
 @pytest.mark.gpu
 @gpu
+def test_cuda_default_dtype_is_bf16_and_scoring_stays_within_bf16_noise(tiny_dir):
+    """dtype "device" loads bfloat16 on a GPU with bf16 units; every strategy then agrees with fp32 CPU to bf16 noise
+    (8 mantissa bits: 0.02 on a probability), and the decoder runs."""
+    from aifeedback.backends.transformers import TransformersBackend
+    from aifeedback.config import TransformersBackendConfig
+
+    prompts = _pair_prompts()
+    ref = _backend(tiny_dir, "cpu", score_strategy="varlen").choice_probs(prompts, ["1", "2"])
+    want = "bfloat16" if torch.cuda.is_bf16_supported() else "float32"
+    for strategy in ("auto", "batched", "grouped", "varlen"):
+        cfg = TransformersBackendConfig(model=str(tiny_dir), device="cuda", score_strategy=strategy)
+        assert cfg.identity()["dtype"] == want
+        b = TransformersBackend(cfg)
+        assert str(b.model.dtype) == f"torch.{want}"
+        got = b.choice_probs(prompts, ["1", "2"])
+        diff = max(abs(x - y) for r, g in zip(ref, got) for x, y in zip(r.probs, g.probs))
+        assert diff <= 0.02, f"{strategy}: max |dp| {diff} in {want}"
+    out = b.sample_tokens([b.encode(b.render([{"role": "user", "content": "Hello"}]))] * 3, SamplingConfig(max_new_tokens=8, temperature=0.7), [1, 2, 3])
+    assert all(len(t) > 0 for t, _ in out)
+
+
+@pytest.mark.gpu
+@gpu
+def test_cuda_gen_batch_is_sized_by_device_memory_unless_set(tiny_dir):
+    assert _backend(tiny_dir, "cuda").device_gen_batch(200) > 32
+    assert _backend(tiny_dir, "cuda", gen_batch_size=8).device_gen_batch(200) == 8
+
+
+@pytest.mark.gpu
+@gpu
+def test_loop_policy_and_reward_model_run_on_cuda(tiny_dir, tmp_path):
+    """The loop's sampling backend loads on the GPU in bf16 (where supported); the RM scorer (labeler, GRPO reward,
+    evaluators) runs on the GPU and agrees with its CPU scores to fp32 noise."""
+    from test_reward_trainer import _rows
+    from transformers import AutoTokenizer, BertConfig, BertForSequenceClassification
+
+    from labelers.rm_labeler import RewardModelScorer
+    from trainers.loop.sampling import policy_backend
+
+    pol = policy_backend(str(tiny_dir), None)
+    assert pol.device.type == "cuda" and pol.model.dtype == (torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float32)
+    tok = AutoTokenizer.from_pretrained(_tok_dir())
+    tok.pad_token = tok.pad_token or tok.eos_token
+    torch.manual_seed(0)
+    rm = BertForSequenceClassification(BertConfig(vocab_size=len(tok), hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64, num_labels=1, pad_token_id=tok.pad_token_id))
+    rm.save_pretrained(tmp_path / "rm")
+    tok.save_pretrained(tmp_path / "rm")
+    rows = _rows(8)
+    prompts, responses = [r["messages"][0]["content"] for r in rows], [r["response_a"] for r in rows]
+    gpu_s = RewardModelScorer(tmp_path / "rm")
+    assert gpu_s.device.type == "cuda"
+    cpu_s = RewardModelScorer(tmp_path / "rm", device="cpu")
+    assert max(abs(a - b) for a, b in zip(gpu_s.score(prompts, responses), cpu_s.score(prompts, responses))) <= 1e-3
+
+
+@pytest.mark.gpu
+@gpu
 def test_cuda_decoder_seeds_reproducible_across_batch_sizes(tiny_dir):
     b = _backend(tiny_dir, "cuda")
     prompts = [b.encode(b.render([{"role": "user", "content": f"Say something about {i}." * (1 + i % 4)}])) for i in range(8)]
@@ -240,6 +297,7 @@ def test_reward_trainer_step_on_cuda():
 @pytest.mark.gpu
 @gpu
 def test_dpo_step_on_cuda(tmp_path):
+    pytest.importorskip("trl", reason="trl and datasets are not on the lent GPU machine (their wheels would take the carry past 64 MiB)")
     from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
     from trainers.rl import train_dpo

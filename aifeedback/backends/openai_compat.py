@@ -240,9 +240,9 @@ class OpenAIBackend:
             raw = [(None if d is None else d.model_dump(), e, r) for d, e, r in raw]  # plain dicts, as the endpoint sent them
             notes = self.limiter.snapshot()
         self.stats.retries += sum(r for _, _, r in raw)
-        for data, _, _ in raw:  # the endpoint's own usage, on the calling thread's meters (the batch's); a request not yet answered counts nothing
-            if data is None and replaying is not None:
-                continue
+        # the endpoint's own usage, on the calling thread's meters (the batch's). In batch mode an item with a
+        # request not yet answered is not written, and its meter is dropped (batch_api.replay_batches)
+        for data, _, _ in raw:
             u = (data or {}).get("usage") or {}
             usage.record(int(u.get("prompt_tokens") or 0), int(u.get("completion_tokens") or 0), exact=bool(u) or data is None, **notes)
         if replaying is not None:

@@ -36,8 +36,10 @@ from ..models import resolve
 from .base import BackendStats, Capabilities, Chat, ChatTokenizer, ChoiceResult, Completion, GenerationResult, ScoringPrompt, candidate_variants, normalise
 
 TOP_LOGPROBS = 20  # the engine's max_logprobs, and the top-k read before vLLM 0.20.0
-# Ids listed per request. vLLM 0.20.0 returns them only with logprobs=len(ids) set too, vLLM checks that
-# logprobs against max_logprobs, and 0.33.0 also caps the list at 128 (MAX_LOGPROB_TOKEN_IDS).
+# Ids listed per request. vLLM 0.20.0 returns them only with logprobs=len(ids) set too (it cuts the list to
+# `logprobs` ids), 0.21.0 caps the list at 128 (MAX_LOGPROB_TOKEN_IDS), 0.22.0 requires logprobs == len(ids)
+# when both are set, and every version checks logprobs against max_logprobs. logprobs=len(ids) satisfies
+# 0.20.0 to 0.34.0 (read in each release's vllm/sampling_params.py, 2026-12-05).
 IDS_PER_REQUEST = TOP_LOGPROBS
 
 Seq = tuple[int, ...]

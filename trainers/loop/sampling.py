@@ -41,12 +41,13 @@ def load_loop_prompts(cfg: LoopConfig) -> tuple[list[dict], list[dict]]:
     return order[: cfg.n_train_prompts], order[cfg.n_train_prompts : need]
 
 
-def policy_backend(model_id: str, batch_size: int):
-    """The transformers backend on a policy (the embedded model or a checkpoint folder): its batched decoder samples."""
+def policy_backend(model_id: str, batch_size: int | None):
+    """The transformers backend on a policy (the embedded model or a checkpoint folder): its batched decoder samples,
+    on a GPU when present, in the backend's default dtype (bfloat16 on a GPU with bf16 units, else float32)."""
     from aifeedback.backends.transformers import TransformersBackend
     from aifeedback.config import TransformersBackendConfig
 
-    return TransformersBackend(TransformersBackendConfig(model=model_id, gen_batch_size=batch_size))
+    return TransformersBackend(TransformersBackendConfig(model=model_id, **({"gen_batch_size": batch_size} if batch_size else {})))
 
 
 def sample(backend, prompts: list[dict], n: int, max_new_tokens: int, temperature: float, seed: int) -> list[dict]:

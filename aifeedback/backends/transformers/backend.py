@@ -33,7 +33,7 @@ class TransformersBackend:
         self.model_id = cfg.model
         if cfg.num_threads:
             torch.set_num_threads(cfg.num_threads)
-        self.model, self.tok, self.resolved = load_causal_lm(cfg.model, cfg.device, cfg.dtype)
+        self.model, self.tok, self.resolved = load_causal_lm(cfg.model, cfg.device, cfg.resolved_dtype())
         self.device = self.model.device
         import inspect
 
@@ -110,7 +110,7 @@ class TransformersBackend:
         """
         order = sorted(range(len(prompts)), key=lambda r: len(prompts[r]))
         out: list[tuple[list[int], str]] = [([], "length")] * len(prompts)
-        bs = self.cfg.gen_batch_size
+        bs = self.device_gen_batch(max((len(p) for p in prompts), default=0) + params.max_new_tokens)
         with self._lock:
             for s in range(0, len(order), bs):
                 idx = order[s : s + bs]
@@ -194,6 +194,22 @@ class TransformersBackend:
         if "score_batch_size" not in set_:
             rows = max(self.cfg.score_batch_size, min(1024, tokens // 128))
         return rows, tokens
+
+    def device_gen_batch(self, seq_len: int) -> int:
+        """Rows decoded together: ``gen_batch_size`` on CPU or when set; on a GPU, as many rows as a quarter of the
+        free memory holds, each with its KV cache for ``seq_len`` tokens and the sampler's full-vocabulary buffers
+        (logits, probabilities, the sort's values and indices), at least 32 and at most 1,024."""
+        import torch
+
+        if self.device.type != "cuda" or "gen_batch_size" in self.cfg.model_fields_set:
+            return self.cfg.gen_batch_size
+        c = self.model.config
+        free, _ = torch.cuda.mem_get_info(self.device)
+        elem = next(self.model.parameters()).element_size()
+        heads = getattr(c, "num_key_value_heads", None) or c.num_attention_heads
+        head_dim = getattr(c, "head_dim", None) or c.hidden_size // c.num_attention_heads
+        per_row = elem * 2 * c.num_hidden_layers * heads * head_dim * max(1, seq_len) + 32 * c.vocab_size
+        return max(self.cfg.gen_batch_size, min(1024, int(free * 0.25 // per_row)))
 
     def close(self) -> None:
         pass
