@@ -26,7 +26,6 @@ Check on CPU, tiny shapes, under 2 minutes:
 from __future__ import annotations
 
 import argparse
-import gzip
 import json
 import math
 import os
