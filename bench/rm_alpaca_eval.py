@@ -17,7 +17,7 @@ the shorter answer: PandaLM human majority (all items except the gold slice), LL
 harmless-base test (--hh first pairs). None of them is used in training.
 
 Usage: flock /tmp/aif-cpu.lock .venv/bin/python bench/rm_alpaca_eval.py --out runs/ae-rms [--variants none,residual]
-       [--n-train 4000] [--derive contrast] [--epochs 1] [--max-length 128] [--hh 500]
+       [--n-train 4000] [--derive contrast] [--epochs 1] [--max-length 128] [--hh 500] [--backbone embedded/smollm2-135m-instruct]
 Writes OUT/VARIANT/ (a reward model folder with evaluation.json) and OUT/bench.json.
 """
 
@@ -111,6 +111,7 @@ def main() -> None:
     ap.add_argument("--lr", type=float, default=3e-5)
     ap.add_argument("--hh", type=int, default=500, help="hh-rlhf harmless-base test pairs to report on (0: none)")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--backbone", default=None, help="RewardConfig.backbone (default: MiniLM); e.g. embedded/smollm2-135m-instruct")
     args = ap.parse_args()
 
     import resource
@@ -129,12 +130,13 @@ def main() -> None:
     results = {"args": vars(args), "data": info}
     out = Path(args.out)
     for variant in args.variants.split(","):
-        cfg = RewardConfig(labels="soft", epochs=args.epochs, seed=args.seed, max_length=args.max_length, batch_size=args.batch_size, lr=args.lr, early_stopping=True, **VARIANTS[variant])
+        backbone = {"backbone": args.backbone} if args.backbone else {}
+        cfg = RewardConfig(labels="soft", epochs=args.epochs, seed=args.seed, max_length=args.max_length, batch_size=args.batch_size, lr=args.lr, early_stopping=True, **backbone, **VARIANTS[variant])
         t0 = time.perf_counter()
         tr = RewardTrainer(cfg)
         res = tr.train(rows, None, gold_rows=gold)
         seconds = time.perf_counter() - t0
-        training_data = f"AlpacaEval 2.0 GPT-4-turbo soft labels ({len(rows)} pairs, derive={args.derive}, eps={args.eps}), length control: {variant}"
+        training_data = f"AlpacaEval 2.0 GPT-4-turbo soft labels ({len(rows)} pairs, derive={args.derive}, eps={args.eps}), length control: {variant}, backbone {cfg.backbone}"
         tr.save(out / variant, res, {"bench": "bench/rm_alpaca_eval.py", "variant": variant, "training_data": training_data})
         sets_out = report(tr, variant, sets)
         write_card(out / variant, {"training_data": training_data, "sets": [{k: s[k] for k in ("set", "n", "accuracy", "prefer_longer", "in_domain")} for s in sets_out]})
