@@ -8,6 +8,7 @@ from typing import Annotated, Any, ClassVar, Literal, Union
 from pydantic import (
     Discriminator,
     Field,
+    PrivateAttr,
     Tag,
     TypeAdapter,
     field_validator,
@@ -131,18 +132,23 @@ class TransformersBackendConfig(BackendConfig):
     score_batch_size: int = Setting(32, affects_output=False, ge=1, le=4096, description="transformers: scoring prompts evaluated together.")
     score_strategy: Literal["auto", "grouped", "varlen", "batched"] = Setting("auto", affects_output=False, description="transformers: varlen lays many pairs' tokens end to end in one forward pass, so the matrix products are large, and runs attention per pair over the shared prefix (no padding, no cross-pair attention; the CPU default for Llama-architecture models, else grouped); grouped scores each pair's orders together after a shared prefix, one pair per pass; batched pads many prompts into one pass (best on GPU); auto picks by device. All give the same probabilities (to 1e-5; docs/performance.md).")
     score_batch_tokens: int = Setting(12288, affects_output=False, ge=256, description="transformers: most padded prompt tokens in one scoring forward pass.")
+    _dtype_resolved: str | None = PrivateAttr(None)  # what dtype "device" resolved to, kept (and pickled) with the config
 
 
     def resolved_dtype(self) -> str:
-        """The dtype the weights load in: ``device`` resolved on this machine (torch is imported only off CPU)."""
+        """The dtype the weights load in: ``device`` resolved on first use (torch is imported only off CPU) and kept,
+        so a config keyed on one machine loads as keyed on another (a stage driver keys, a Ray worker loads)."""
         if self.dtype != "device":
             return self.dtype
-        if self.device == "cpu":
-            return "float32"
-        import torch
+        if self._dtype_resolved is None:
+            if self.device == "cpu":
+                self._dtype_resolved = "float32"
+            else:
+                import torch
 
-        cuda = torch.cuda.is_available() if self.device == "auto" else self.device.startswith("cuda")
-        return "bfloat16" if cuda and torch.cuda.is_bf16_supported() else "float32"
+                cuda = torch.cuda.is_available() and (self.device == "auto" or self.device.startswith("cuda"))
+                self._dtype_resolved = "bfloat16" if cuda and torch.cuda.is_bf16_supported(including_emulation=False) else "float32"
+        return self._dtype_resolved
 
     def identity(self) -> dict:
         return {**super().identity(), "dtype": self.resolved_dtype()}

@@ -67,6 +67,8 @@ def fetch_wheels(dest: Path) -> None:
     from importlib.metadata import version
 
     dest.mkdir(parents=True, exist_ok=True)
+    for old in dest.glob("*.whl"):  # two versions of one package would fail the install there
+        old.unlink()
     pins = [f"{n}=={version(n)}" for n in GPU_WHEELS]
     subprocess.run([sys.executable, "-m", "pip", "download", "-q", "--no-deps", "--only-binary=:all:", "--python-version", "3.12",
                     "--platform", "manylinux2014_x86_64", "--platform", "manylinux_2_28_x86_64", "-d", str(dest), *pins], check=True)

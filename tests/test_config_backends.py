@@ -156,6 +156,25 @@ def test_transformers_dtype_device_resolves_to_float32_on_cpu_in_the_identity():
     assert TransformersBackendConfig(device="cpu", dtype="bfloat16").identity()["dtype"] == "bfloat16"
 
 
+def test_dtype_device_keeps_what_it_resolved_to_where_it_was_keyed(monkeypatch):
+    """A stage driver keys a batch, a worker loads the model: the worker loads the dtype the key holds, even where
+    "device" would resolve otherwise (a CPU driver, a GPU worker)."""
+    import pickle
+
+    import torch
+
+    keyed = TransformersBackendConfig()  # device auto, dtype device: keyed here, on a CPU machine
+    assert keyed.identity()["dtype"] == "float32"
+    fresh = TransformersBackendConfig()
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)  # now "a GPU worker" with bf16 units
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True: True)
+    assert fresh.resolved_dtype() == "bfloat16"
+    assert pickle.loads(pickle.dumps(keyed)).resolved_dtype() == "float32"
+    # a GPU without bf16 units (emulation does not count): float32
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True: including_emulation)
+    assert TransformersBackendConfig().resolved_dtype() == "float32"
+
+
 def test_identity_holds_what_the_issue_names():
     t = TransformersBackendConfig().identity()
     assert {"kind", "model", "dtype", "device", "max_context"} <= set(t) and not {"gen_batch_size", "num_threads", "score_strategy"} & set(t)

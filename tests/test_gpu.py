@@ -32,23 +32,27 @@ def _tok_dir() -> Path:
     return resolve("embedded/smollm2-135m-instruct").path
 
 
-@pytest.fixture(scope="module")
-def tiny_dir(tmp_path_factory) -> Path:
-    """A folder holding a tiny random Llama (fp32) and the embedded tokenizer, loadable by the backend."""
-    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+def _tiny_model_dir(d: Path, arch: str = "Llama", **extra) -> Path:
+    """A folder holding a tiny random decoder (fp32) of ``arch`` and the embedded tokenizer, loadable by the backend."""
+    import transformers
+    from transformers import AutoTokenizer
 
     src = _tok_dir()
-    d = tmp_path_factory.mktemp("tiny-llama")
     tok = AutoTokenizer.from_pretrained(src)
-    cfg = LlamaConfig(vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
-                      head_dim=16, max_position_embeddings=2048, tie_word_embeddings=True, pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id)
+    cfg = getattr(transformers, f"{arch}Config")(vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+                                                  num_key_value_heads=2, head_dim=16, max_position_embeddings=2048, tie_word_embeddings=True,
+                                                  pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id, **extra)
     torch.manual_seed(0)
-    model = LlamaForCausalLM(cfg)
-    model.save_pretrained(d)
+    getattr(transformers, f"{arch}ForCausalLM")(cfg).save_pretrained(d)
     for f in TOK_FILES:
         if (src / f).is_file():
             shutil.copyfile(src / f, d / f)
     return d
+
+
+@pytest.fixture(scope="module")
+def tiny_dir(tmp_path_factory) -> Path:
+    return _tiny_model_dir(tmp_path_factory.mktemp("tiny-llama"))
 
 
 def _backend(d: Path, device: str, **kw):
@@ -134,23 +138,35 @@ def _host_reads(fn):
     return out, Count.n
 
 
-@pytest.mark.parametrize("attn", ["sdpa", "eager"])
-def test_device_decoder_reads_the_host_only_every_sync_interval(tiny_dir, attn):
-    """With a 2D padding mask, transformers' SDPA mask builder reads the mask on the host at every step (48 reads
+def test_device_decoder_reads_the_host_only_every_sync_interval(tiny_dir):
+    """With a 2D padding mask, transformers' SDPA mask builder reads the mask on the host at every step (51 reads
     for 48 tokens); the device path passes a prebuilt 4D mask, so only the stop check every SYNC_EVERY steps reads."""
-    from aifeedback.backends.transformers.decoding import SYNC_EVERY, decode_cpu, decode_on_device
+    from aifeedback.backends.transformers.decoding import SYNC_EVERY, decode_on_device
 
     b = _backend(tiny_dir, "cpu")
+    prompts = [b.encode(b.render([{"role": "user", "content": f"Tell me about {i}." * (1 + i % 3)}])) for i in range(6)]  # padded rows
+    out, n = _host_reads(lambda: decode_on_device(b, prompts, SamplingConfig(max_new_tokens=48, temperature=0.8, top_p=0.9), list(range(6))))
+    assert all(len(t) == 48 for t, _ in out)
+    assert n == (48 - 1) // SYNC_EVERY, n  # steps 15 and 31 look at the stop flags; step 47 is the last
+
+
+@pytest.mark.parametrize("arch, attn, extra", [("Llama", "sdpa", {}), ("Llama", "eager", {}), ("Mistral", "sdpa", {"sliding_window": 8}),
+                                               ("Mistral", "eager", {"sliding_window": 8})])
+def test_device_decoder_rows_in_a_padded_batch_equal_each_row_alone(tmp_path, arch, attn, extra):
+    """The masks the device path builds: sampled rows decoded in one left-padded batch draw exactly what each row
+    draws alone (no padding, no mask). A mask that let a row see padding, or the future, or (Mistral, window 8,
+    prompts of 30+ tokens) keys outside its sliding window, changes the draws."""
+    from aifeedback.backends.transformers.decoding import decode_on_device
+
+    b = _backend(_tiny_model_dir(tmp_path / arch, arch, **extra), "cpu")
     b.model.set_attn_implementation(attn)
-    try:
-        prompts = [b.encode(b.render([{"role": "user", "content": f"Tell me about {i}." * (1 + i % 3)}])) for i in range(6)]  # padded rows
-        out, n = _host_reads(lambda: decode_on_device(b, prompts, SamplingConfig(max_new_tokens=48, temperature=0.8, top_p=0.9), list(range(6))))
-        assert all(len(t) == 48 for t, _ in out)
-        assert n == (48 - 1) // SYNC_EVERY, n  # steps 15 and 31 look at the stop flags; step 47 is the last
-        greedy = SamplingConfig(max_new_tokens=20, temperature=0)  # the 4D mask is the padding mask: the same tokens as the CPU path
-        assert decode_on_device(b, prompts, greedy, [0] * 6) == decode_cpu(b, prompts, greedy, [0] * 6)
-    finally:
-        b.model.set_attn_implementation("sdpa")
+    prompts = [b.encode(b.render([{"role": "user", "content": f"Tell me about the number {i}." * (1 + i % 3)}])) for i in range(5)]
+    assert len({len(p) for p in prompts}) == 3 and min(len(p) for p in prompts) > 30
+    params, seeds = SamplingConfig(max_new_tokens=24, temperature=0.9, top_p=0.95), [7, 8, 9, 10, 11]
+    batch = decode_on_device(b, prompts, params, seeds)
+    alone = [decode_on_device(b, [p], params, [s])[0] for p, s in zip(prompts, seeds)]
+    assert batch == alone
+    assert len({tuple(t) for t, _ in batch}) == 5
 
 
 def test_device_decoder_stops_rows_at_eos_and_leaves_the_loop_early(tiny_dir):

@@ -204,6 +204,24 @@ def test_config_nests_the_trainers_configs_with_the_loops_defaults(tmp_path):
     assert json.loads((tmp_path / "loop_config.json").read_text())["dpo"]["epochs"] == 2.0
 
 
+def test_a_run_dir_from_before_dtype_device_and_gen_batch_none_resumes(tmp_path):
+    """Runs written when the judge's dtype defaulted to float32 and gen_batch_size to 32 resume with today's defaults
+    on CPU ("device" resolves to float32; the batch does not change outputs); another dtype is still refused."""
+    from aifeedback.errors import ConfigError
+    from trainers.loop.config import LoopConfig
+    from trainers.loop.rundir import check_run_config
+
+    old = LoopConfig().model_dump(mode="json")
+    old["gen_batch_size"] = 32
+    old["label"]["backend"]["dtype"] = "float32"
+    (tmp_path / "loop_config.json").write_text(json.dumps(old))
+    check_run_config(tmp_path, LoopConfig())
+    old["label"]["backend"]["dtype"] = "bfloat16"
+    (tmp_path / "loop_config.json").write_text(json.dumps(old))
+    with pytest.raises(ConfigError, match=r"other settings \(label.backend.dtype\)"):
+        check_run_config(tmp_path, LoopConfig())
+
+
 def test_best_worst_keeps_the_pair_between_top_and_bottom_response():
     from trainers.loop.stages import best_worst
 

@@ -82,7 +82,7 @@ def saved_config(run: Path) -> dict:
 
 
 # settings a re-run may change: more iterations run more stages; other evaluators redo only the eval stages (their marker records the evaluators)
-MAY_CHANGE = ("iterations", "evaluator")
+MAY_CHANGE = ("iterations", "evaluator", "gen_batch_size")  # gen_batch_size: seeded rows decode alike in any batch
 
 
 def check_run_config(run: Path, cfg: LoopConfig) -> None:
@@ -90,6 +90,11 @@ def check_run_config(run: Path, cfg: LoopConfig) -> None:
     new = redact(cfg.model_dump(mode="json"))  # a label backend of your own may hold a key in backend.options
     if (run / "loop_config.json").is_file():
         old, cur = _dotted(saved_config(run)), _dotted(new)
+        backend = cfg.label.backend
+        if getattr(backend, "dtype", None) == "device":  # the dtype the judge loads in here, as its keys hold it
+            for d in (old, cur):
+                if d.get("label.backend.dtype") == "device":
+                    d["label.backend.dtype"] = backend.resolved_dtype()
         diff = sorted(k for k in set(old) | set(cur) if k not in MAY_CHANGE and old.get(k) != cur.get(k))
         if diff:
             raise ConfigError(f"{run} holds a loop with other settings ({', '.join(diff)}); pass a new --run-dir, or the same settings to resume it")

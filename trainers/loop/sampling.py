@@ -102,7 +102,8 @@ def seq_logprob(model, samples: list[dict], temperature: float, batch_size: int 
         rows_t = torch.tensor(rows)
         with torch.inference_mode():
             hidden = model.base_model(input_ids=ids.to(dev), attention_mask=mask.to(dev)).last_hidden_state
-            logits = head(hidden[rows_t.to(dev), torch.tensor(cols, device=dev)]).float() / temperature
+            h = hidden[rows_t.to(dev), torch.tensor(cols, device=dev)].float()  # the output layer in fp32, also for a bf16 policy
+            logits = torch.nn.functional.linear(h, head.weight.float(), None if head.bias is None else head.bias.float()) / temperature
             lp = torch.log_softmax(logits, -1).gather(-1, torch.tensor(targets, device=dev)[:, None]).squeeze(-1).cpu()
         sums = torch.zeros(len(idx), dtype=torch.float64).index_add_(0, rows_t, lp.double())
         for j, i in enumerate(idx):

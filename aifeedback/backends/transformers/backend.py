@@ -23,6 +23,14 @@ from .scoring import score_batched, score_grouped
 from .varlen import score_varlen, varlen_supported
 
 
+def free_device_memory(device) -> int:
+    """Bytes a new allocation can use on a GPU: the driver's free memory and what torch's allocator holds unused."""
+    import torch
+
+    free, _ = torch.cuda.mem_get_info(device)
+    return free + torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)
+
+
 class TransformersBackend:
     name = "transformers"
 
@@ -126,7 +134,7 @@ class TransformersBackend:
         if count:
             self.stats.tokens_prefilled += int(mask[:, -ids.shape[1] :].sum())
         dev = self.device
-        out = self.model(input_ids=ids.to(dev), attention_mask=mask.to(dev), position_ids=pos.to(dev), **{self._ckw: cache}, use_cache=True, logits_to_keep=keep)
+        out = self.model(input_ids=ids.to(dev), attention_mask=None if mask is None else mask.to(dev), position_ids=pos.to(dev), **{self._ckw: cache}, use_cache=True, logits_to_keep=keep)
         return out.logits[:, -1, :].float() if keep == 1 else out.logits[:, -keep:, :].float()
 
     # scoring ----------------------------------------------------------------
@@ -176,14 +184,12 @@ class TransformersBackend:
         the CPU's 12,288 tokens, unless score_batch_size / score_batch_tokens were set. A token of a pass holds
         its keys and values in every layer and, transiently, one layer's activations (hidden and MLP width);
         a quarter of the free memory goes to them."""
-        import torch
-
         c = self.model.config
         set_ = self.cfg.model_fields_set
         rows, tokens = self.cfg.score_batch_size, self.cfg.score_batch_tokens
         if self.device.type != "cuda" or ("score_batch_size" in set_ and "score_batch_tokens" in set_):
             return rows, tokens
-        free, _ = torch.cuda.mem_get_info(self.device)
+        free = free_device_memory(self.device)
         elem = next(self.model.parameters()).element_size()
         heads = getattr(c, "num_key_value_heads", None) or c.num_attention_heads
         head_dim = getattr(c, "head_dim", None) or c.hidden_size // c.num_attention_heads
@@ -198,17 +204,16 @@ class TransformersBackend:
     def device_gen_batch(self, seq_len: int) -> int:
         """Rows decoded together: ``gen_batch_size`` on CPU or when set; on a GPU, as many rows as a quarter of the
         free memory holds, each with its KV cache for ``seq_len`` tokens and the sampler's full-vocabulary buffers
-        (logits, probabilities, the sort's values and indices), at least 32 and at most 1,024."""
-        import torch
-
+        (logits, probabilities, the sort's values and indices, the noise hash's int64 temporaries: 64 bytes a
+        token id), at least 32 and at most 1,024."""
         if self.device.type != "cuda" or "gen_batch_size" in self.cfg.model_fields_set:
             return self.cfg.gen_batch_size
         c = self.model.config
-        free, _ = torch.cuda.mem_get_info(self.device)
+        free = free_device_memory(self.device)
         elem = next(self.model.parameters()).element_size()
         heads = getattr(c, "num_key_value_heads", None) or c.num_attention_heads
         head_dim = getattr(c, "head_dim", None) or c.hidden_size // c.num_attention_heads
-        per_row = elem * 2 * c.num_hidden_layers * heads * head_dim * max(1, seq_len) + 32 * c.vocab_size
+        per_row = elem * 2 * c.num_hidden_layers * heads * head_dim * max(1, seq_len) + 64 * c.vocab_size
         return max(self.cfg.gen_batch_size, min(1024, int(free * 0.25 // per_row)))
 
     def close(self) -> None:

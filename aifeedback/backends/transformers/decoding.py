@@ -89,7 +89,7 @@ def decode_on_device(backend: TransformersBackend, prompts: list[list[int]], par
     L = ids.shape[1]
     full_mask = torch.ones((B, L + T), dtype=torch.long, device=dev)  # the mask of the whole decode, sliced per step
     full_mask[:, :L] = mask.to(dev)
-    prefill_mask, step_mask = device_masks(backend, full_mask, L)
+    prefill_mask, step_mask = device_masks(backend, full_mask, L, padded=any(len(p) < L for p in prompts))
     pos = (mask.cumsum(-1) - 1).clamp(min=0).to(dev)
     keys = row_keys(torch.tensor([(s if s is not None else 0) & MASK32 for s in seeds], dtype=torch.int64, device=dev))
     eos = torch.tensor(sorted(backend.eos_set) or [-1], dtype=torch.long, device=dev)
@@ -111,24 +111,35 @@ def decode_on_device(backend: TransformersBackend, prompts: list[list[int]], par
             if step == T - 1 or ((step + 1) % SYNC_EVERY == 0 and bool(finished.all())):
                 break
             pos = pos[:, -1:] + 1
-            logits = backend.forward(nxt[:, None], step_mask[..., : L + step + 1], pos, cache, count=False)
+            logits = backend.forward(nxt[:, None], None if step_mask is None else step_mask[..., : L + step + 1], pos, cache, count=False)
     stopped = (length < T).cpu().tolist()
     out_l, length_l = out.cpu().tolist(), length.cpu().tolist()
     return [(out_l[b][: length_l[b]], "stop" if stopped[b] else "length") for b in range(B)]
 
 
-def device_masks(backend: TransformersBackend, full_mask, L: int):
+def device_masks(backend: TransformersBackend, full_mask, L: int, padded: bool):
     """(prefill mask, decode mask to slice per step), built once on the device.
 
     Given a 2D padding mask, transformers' SDPA mask builder reads it on the host at every step (is it all ones,
-    so the mask can be skipped?): one device sync per decoded token. A 4D mask is used as given, so the decode
-    loop passes one: boolean for SDPA, additive for eager. A left-padding query attends to itself, so no row of
-    the mask is empty (an empty row gives NaN, which the cached keys would carry into real rows). Other attention
-    implementations (flash) take the 2D mask as before."""
+    so the mask can be skipped?): one device sync per decoded token. So:
+
+    * no padding (``padded`` is known on the host): no mask at all, and SDPA runs its causal kernels;
+    * padding, full attention in every layer, SDPA or eager: a 4D mask, which transformers uses as given (boolean
+      for SDPA, additive for eager). A left-padding query attends to itself, so no row is empty (an empty row
+      gives NaN, which the cached keys would carry into real rows);
+    * otherwise the 2D mask as before: other attention implementations (flash), and models whose layers are not
+      all full attention (a sliding window or chunks shorter than the decode, hybrid layers), whose masks
+      transformers must build itself.
+    """
     import torch
 
-    impl = getattr(backend.model.config, "_attn_implementation", None)
-    if impl not in ("sdpa", "eager"):
+    if not padded:
+        return None, None
+    cfg = backend.model.config
+    impl = getattr(cfg, "_attn_implementation", None)
+    types = set(getattr(cfg, "layer_types", None) or ["full_attention"])
+    window = getattr(cfg, "sliding_window", None) or getattr(cfg, "attention_chunk_size", None)
+    if impl not in ("sdpa", "eager") or types != {"full_attention"} or (window and full_mask.shape[1] > window):
         return full_mask[:, :L], full_mask
     keys = full_mask.bool()
     eye = torch.eye(L, dtype=torch.bool, device=full_mask.device)
