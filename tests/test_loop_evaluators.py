@@ -29,6 +29,22 @@ def test_evaluator_setting_takes_one_folder_a_comma_list_a_yaml_list_and_names()
         build_config(LoopConfig, None, parse_overrides(["evaluator=a/x,,b/y"]))
 
 
+def test_the_same_response_text_is_a_tie_whatever_the_reward_noise():
+    """A policy that barely moved repeats the initial policy's texts; a reward model scores one text a few ulps apart
+    in batches of other widths. Known answer: 2 of 4 pairs are the same text (rewards 1e-7 and 2e-7 higher), one wins, one loses:
+    win rate (0.5 + 0.5 + 1 + 0) / 4, and both same-text pairs are ties in the agreement."""
+    from trainers.loop.evaluators import verdicts
+    from trainers.loop.stats import win_stats
+
+    base = [{"prompt_id": p, "sample_index": 0, "reward": 0.1, "response": f"same {p}", "tokens": 5} for p in "wxyz"]
+    new = [{"prompt_id": "w", "sample_index": 0, "reward": 0.1 + 1e-7, "response": "same w", "tokens": 5},  # noise above
+           {"prompt_id": "x", "sample_index": 0, "reward": 0.1 + 2e-7, "response": "same x", "tokens": 5},
+           {"prompt_id": "y", "sample_index": 0, "reward": 0.9, "response": "other y", "tokens": 7},
+           {"prompt_id": "z", "sample_index": 0, "reward": -0.9, "response": "other z", "tokens": 3}]
+    assert verdicts(new, base) == {("w", 0): 0, ("x", 0): 0, ("y", 0): 1, ("z", 0): -1}
+    assert win_stats(new, base, 50, 0)["win_rate"] == pytest.approx(0.5)
+
+
 def test_pair_agreement_by_hand_with_ties_left_out():
     from trainers.loop.evaluators import agreement_matrix, pair_agreement, verdicts
 

@@ -151,14 +151,11 @@ def parse_evaluators(value: str | list[str] | None) -> list[Evaluator]:
 
 
 def verdicts(new: list[dict], base: list[dict]) -> dict[tuple, int]:
-    """Per (prompt_id, sample_index) pair one evaluator's verdict: 1 new wins, -1 the initial wins, 0 equal rewards (a tie)."""
-    b = {(r["prompt_id"], r["sample_index"]): r["reward"] for r in base}
-    out = {}
-    for r in new:
-        key = (r["prompt_id"], r["sample_index"])
-        if key in b:
-            out[key] = (r["reward"] > b[key]) - (r["reward"] < b[key])
-    return out
+    """Per (prompt_id, sample_index) pair one evaluator's verdict (stats.verdict): 1 new wins, -1 the initial wins, 0 a tie."""
+    from .stats import verdict
+
+    b = {(r["prompt_id"], r["sample_index"]): r for r in base}
+    return {(r["prompt_id"], r["sample_index"]): verdict(r, b[(r["prompt_id"], r["sample_index"])]) for r in new if (r["prompt_id"], r["sample_index"]) in b}
 
 
 def pair_agreement(by_evaluator: dict[str, dict[tuple, int]]) -> list[dict]:

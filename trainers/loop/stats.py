@@ -24,6 +24,15 @@ def logistic_fit(x: list[float], y: list[float], l2: float = 1e-3, iters: int = 
     return float(th[0]), float(th[1])
 
 
+def verdict(new: dict, base: dict) -> int:
+    """One evaluator's verdict on a (new, initial) sample pair: 1 the new one wins, -1 the initial one, 0 a tie.
+    A tie is equal rewards, or the same response text: a reward model scores the same text a few ulps apart in
+    batches of other widths, and that noise must not break a tie (a policy that barely moved repeats many texts)."""
+    if new.get("response") is not None and new.get("response") == base.get("response"):
+        return 0
+    return (new["reward"] > base["reward"]) - (new["reward"] < base["reward"])
+
+
 def win_stats(new: list[dict], base: list[dict], n_boot: int, seed: int) -> dict:
     """Win rate of new over base (same prompt and sample index; ties count 1/2), its length-controlled version, CIs by prompt bootstrap.
 
@@ -40,7 +49,7 @@ def win_stats(new: list[dict], base: list[dict], n_boot: int, seed: int) -> dict
     pairs = [(r, b[(r["prompt_id"], r["sample_index"])]) for r in new if (r["prompt_id"], r["sample_index"]) in b]
     if not pairs:
         raise InputError("no held-out sample of the new policy matches one of the initial policy's; delete RUN/baseline and re-run")
-    wins = [1.0 if n["reward"] > o["reward"] else (0.5 if n["reward"] == o["reward"] else 0.0) for n, o in pairs]
+    wins = [(1 + verdict(n, o)) / 2 for n, o in pairs]  # ties count 1/2
     dlen = [n["tokens"] - o["tokens"] for n, o in pairs]
     sd = (sum(d * d for d in dlen) / len(dlen)) ** 0.5 or 1.0
     feat = [math.tanh(d / sd) for d in dlen]
