@@ -191,9 +191,7 @@ class TransformersBackend:
             return rows, tokens
         free = free_device_memory(self.device)
         elem = next(self.model.parameters()).element_size()
-        heads = getattr(c, "num_key_value_heads", None) or c.num_attention_heads
-        head_dim = getattr(c, "head_dim", None) or c.hidden_size // c.num_attention_heads
-        per_token = elem * (2 * c.num_hidden_layers * heads * head_dim + 4 * c.hidden_size + 3 * getattr(c, "intermediate_size", 4 * c.hidden_size))
+        per_token = self.kv_bytes_per_token() + elem * (4 * c.hidden_size + 3 * getattr(c, "intermediate_size", 4 * c.hidden_size))
         fit = int(free * 0.25 // per_token)
         if "score_batch_tokens" not in set_:
             tokens = max(self.cfg.score_batch_tokens, min(fit, 262144))
@@ -208,13 +206,15 @@ class TransformersBackend:
         token id), at least 32 and at most 1,024."""
         if self.device.type != "cuda" or "gen_batch_size" in self.cfg.model_fields_set:
             return self.cfg.gen_batch_size
+        per_row = self.kv_bytes_per_token() * max(1, seq_len) + 64 * self.model.config.vocab_size
+        return max(self.cfg.gen_batch_size, min(1024, int(free_device_memory(self.device) * 0.25 // per_row)))
+
+    def kv_bytes_per_token(self) -> int:
+        """Bytes one token's keys and values take in the cache, over every layer."""
         c = self.model.config
-        free = free_device_memory(self.device)
-        elem = next(self.model.parameters()).element_size()
         heads = getattr(c, "num_key_value_heads", None) or c.num_attention_heads
         head_dim = getattr(c, "head_dim", None) or c.hidden_size // c.num_attention_heads
-        per_row = elem * 2 * c.num_hidden_layers * heads * head_dim * max(1, seq_len) + 64 * c.vocab_size
-        return max(self.cfg.gen_batch_size, min(1024, int(free * 0.25 // per_row)))
+        return next(self.model.parameters()).element_size() * 2 * c.num_hidden_layers * heads * head_dim
 
     def close(self) -> None:
         pass
