@@ -78,23 +78,20 @@ def eval_sets(hh: int) -> tuple[dict[str, list[dict]], list[dict]]:
 
 
 def report(trainer, name: str, sets: dict[str, list[dict]]) -> list[dict]:
+    """Each set's card entry (trainers.loop.evaluators.set_accuracy), with the accuracy on its pairs where humans preferred the shorter answer."""
+    from trainers.loop.evaluators import set_accuracy
     from trainers.reward_trainer import longer_side
 
     out = []
     for set_name, rows in sets.items():
         rows = [r for r in rows if r["human"] in ("A", "B")]
-        shorter = [r for r in rows if longer_side(r) not in (None, r["human"])]
-        o = {
-            "set": set_name,
-            "n": len(rows),
-            "accuracy": trainer.accuracy(rows),
-            "prefer_longer": sum(longer_side(r) == r["human"] for r in rows) / len(rows),
-            "n_shorter_preferred": len(shorter),
-            "accuracy_shorter_preferred": trainer.accuracy(shorter) if shorter else None,
-            "in_domain": False,
-        }
+        r_a, r_b = trainer.pair_rewards(rows)
+        o = set_accuracy(set_name, rows, r_a, r_b, in_domain=False).model_dump()
+        shorter = [(a > b) == (r["human"] == "A") for r, a, b in zip(rows, r_a, r_b) if longer_side(r) not in (None, r["human"])]
+        o |= {"n_shorter_preferred": len(shorter), "accuracy_shorter_preferred": sum(shorter) / len(shorter) if shorter else None}
         out.append(o)
-        print(f"| {name} | {set_name} | {o['n']} | {o['accuracy']:.1%} | {o['prefer_longer']:.1%} | {o['n_shorter_preferred']} | {o['accuracy_shorter_preferred']:.1%} |", flush=True)
+        lo, hi = o["vs_prefer_longer_ci"]
+        print(f"| {name} | {set_name} | {o['n']} | {o['accuracy']:.1%} | {o['prefer_longer']:.1%} [{100 * lo:+.1f}, {100 * hi:+.1f}] | {o['n_shorter_preferred']} | {o['accuracy_shorter_preferred'] or 0:.1%} |", flush=True)
     return out
 
 
@@ -126,7 +123,7 @@ def main() -> None:
     rows, info = training_rows(args.derive, args.eps, args.n_train, args.seed)
     sets, gold = eval_sets(args.hh)
     print(info, {k: len(v) for k, v in sets.items()}, f"gold {len(gold)}", flush=True)
-    print("| RM | set | n | RM acc | prefer-longer | n shorter-preferred | RM acc there |\n|---|---|---|---|---|---|---|", flush=True)
+    print("| RM | set | n | RM acc | prefer-longer [95% CI of the difference, points] | n shorter-preferred | RM acc there |\n|---|---|---|---|---|---|---|", flush=True)
     results = {"args": vars(args), "data": info}
     out = Path(args.out)
     for variant in args.variants.split(","):
@@ -139,7 +136,7 @@ def main() -> None:
         training_data = f"AlpacaEval 2.0 GPT-4-turbo soft labels ({len(rows)} pairs, derive={args.derive}, eps={args.eps}), length control: {variant}, backbone {cfg.backbone}"
         tr.save(out / variant, res, {"bench": "bench/rm_alpaca_eval.py", "variant": variant, "training_data": training_data})
         sets_out = report(tr, variant, sets)
-        write_card(out / variant, {"training_data": training_data, "sets": [{k: s[k] for k in ("set", "n", "accuracy", "prefer_longer", "in_domain")} for s in sets_out]})
+        write_card(out / variant, {"training_data": training_data, "sets": [{k: s[k] for k in ("set", "n", "accuracy", "prefer_longer", "vs_prefer_longer_ci", "in_domain")} for s in sets_out]})
         rss_gb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
         results[variant] = {"n_train": res.n_train, "gold_curve": res.gold_curve, "best_epoch": res.best_epoch, "seconds": seconds, "max_rss_gb": rss_gb, "sets": sets_out}
         print(f"{variant}: {res.n_train} pairs, gold accuracy per epoch {[round(a, 3) for a in res.gold_curve]}, {seconds:.0f} s, peak RSS {rss_gb:.1f} GB", flush=True)

@@ -56,6 +56,36 @@ DESCRIBE = {
 }
 
 
+def write_card_for(folder: Path, training_data: str, source: str, pair_rewards, sets: dict, name: str) -> list[dict]:
+    """Score every report set with pair_rewards (rows -> (r_a, r_b)), print the table rows, write FOLDER/evaluation.json."""
+    from trainers.loop.evaluators import set_accuracy, write_card
+
+    card = []
+    for set_name, items in sets.items():
+        decided = [r for r in items if r["human"] in ("A", "B")]
+        o = set_accuracy(set_name, decided, *pair_rewards(decided), in_domain=set_name in IN_DOMAIN[source]).model_dump()
+        card.append(o)
+        lo, hi = o["vs_prefer_longer_ci"]
+        print(f"| {name} | {set_name} | {o['n']} | {o['accuracy']:.1%} | {o['prefer_longer']:.1%} | [{100 * lo:+.1f}, {100 * hi:+.1f}] | {'yes' if o['in_domain'] else 'no'} |", flush=True)
+    write_card(folder, {"training_data": training_data, "sets": card})
+    return card
+
+
+def recard(args, sets: dict) -> None:
+    """--recard: score the evaluators already trained in OUT and rewrite their cards (training data from the card there)."""
+    from labelers.rm_labeler import RewardModelScorer
+    from trainers.loop.evaluators import read_card
+
+    for source in args.sources.split(","):
+        name = source + ("-balance" if args.balance else "")
+        folder = Path(args.out) / name
+        old = read_card(folder)
+        if old is None:
+            raise SystemExit(f"{folder} holds no evaluation.json to refresh; train it first (without --recard)")
+        scorer = RewardModelScorer(folder, max_length=args.max_length, device="cpu")
+        write_card_for(folder, old.training_data, source, scorer.pair_rewards, sets, name)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", default="runs/human-evals")
@@ -67,18 +97,20 @@ def main() -> None:
     ap.add_argument("--hh-report", type=int, default=500)
     ap.add_argument("--hh-gold", type=int, default=200)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--recard", action="store_true", help="train nothing: score the evaluators already in --out on the report sets and rewrite their evaluation.json")
     args = ap.parse_args()
 
     import torch
 
-    from trainers.loop.evaluators import write_card
     from trainers.reward_config import RewardConfig
-    from trainers.reward_trainer import RewardTrainer, longer_side
+    from trainers.reward_trainer import RewardTrainer
 
     torch.set_num_threads(2)
     train, gold, sets = human_sets(args.hh_report, args.hh_gold, args.seed)
     print({k: len(v) for k, v in train.items()}, "training pairs;", {k: len(v) for k, v in sets.items()}, "report pairs", flush=True)
-    print("| evaluator | set | n | accuracy | prefer-longer | in domain |\n|---|---|---|---|---|---|", flush=True)
+    print("| evaluator | set | n | accuracy | prefer-longer | 95% CI of the difference, points | in domain |\n|---|---|---|---|---|---|---|", flush=True)
+    if args.recard:
+        return recard(args, sets)
     out = Path(args.out)
     results = {"args": vars(args)}
     for source in args.sources.split(","):
@@ -94,13 +126,7 @@ def main() -> None:
         seconds = time.perf_counter() - t0
         training_data = f"{DESCRIBE[source]}: {len(rows)} pairs" + (", length-balanced" if args.balance else "")
         tr.save(out / name, res, {"bench": "bench/rm_human_evaluators.py", "source": source, "training_data": training_data})
-        card = []
-        for set_name, items in sets.items():
-            decided = [r for r in items if r["human"] in ("A", "B")]
-            o = {"set": set_name, "n": len(decided), "accuracy": tr.accuracy(decided), "prefer_longer": sum(longer_side(r) == r["human"] for r in decided) / len(decided), "in_domain": set_name in IN_DOMAIN[source]}
-            card.append(o)
-            print(f"| {name} | {set_name} | {o['n']} | {o['accuracy']:.1%} | {o['prefer_longer']:.1%} | {'yes' if o['in_domain'] else 'no'} |", flush=True)
-        write_card(out / name, {"training_data": training_data, "sets": card})
+        card = write_card_for(out / name, training_data, source, tr.pair_rewards, sets, name)
         rss_gb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
         results[name] = {"n_train": res.n_train, "gold_curve": res.gold_curve, "best_epoch": res.best_epoch, "seconds": seconds, "max_rss_gb": rss_gb, "sets": card}
         print(f"{name}: {res.n_train} pairs, gold accuracy per epoch {[round(a, 3) for a in res.gold_curve]}, {seconds:.0f} s, peak RSS {rss_gb:.1f} GB", flush=True)

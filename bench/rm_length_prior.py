@@ -43,6 +43,7 @@ def margins(model: str, sets: dict[str, list[dict]], max_length: int) -> dict[st
 
 def sweep(name: str, m: dict[str, list[float]], sets: dict[str, list[dict]]) -> list[dict]:
     """Accuracy by beta on every set; m holds the margins by set, 'gold' among them."""
+    from trainers.loop.stats import paired_difference
     from trainers.reward_trainer import longer_side
 
     def sd(xs):
@@ -57,11 +58,13 @@ def sweep(name: str, m: dict[str, list[float]], sets: dict[str, list[dict]]) -> 
             side = [{"A": 1, "B": -1, None: 0}[longer_side(r)] for r in rows]
             hits = [((mi / scale + beta * s) > 0) == (r["human"] == "A") for mi, s, r in zip(m[set_name], side, rows)]
             shorter = [h for h, s, r in zip(hits, side, rows) if s != 0 and s != (1 if r["human"] == "A" else -1)]
+            longer = [s == (1 if r["human"] == "A" else -1) for s, r in zip(side, rows)]
             row[set_name] = {
                 "n": len(rows),
                 "accuracy": sum(hits) / len(rows),
+                "vs_prefer_longer_ci": paired_difference(hits, longer)["ci"],
                 "accuracy_shorter_preferred": sum(shorter) / len(shorter) if shorter else None,
-                "prefer_longer": sum(s == (1 if r["human"] == "A" else -1) for s, r in zip(side, rows)) / len(rows),
+                "prefer_longer": sum(longer) / len(rows),
                 "equal_length": side.count(0),
             }
         rows_out.append(row)
@@ -72,9 +75,9 @@ def sweep(name: str, m: dict[str, list[float]], sets: dict[str, list[dict]]) -> 
 
 def print_rows(rows: list[dict]) -> None:
     sets = [k for k in rows[0] if isinstance(rows[0][k], dict)]
-    print("| model | beta | " + " | ".join(f"{s}: acc / shorter-preferred (prefer-longer)" for s in sets) + " |")
+    print("| model | beta | " + " | ".join(f"{s}: acc / shorter-preferred (prefer-longer; 95% CI of the difference)" for s in sets) + " |")
     for r in rows:
-        cells = [f"{r[s]['accuracy']:.1%} / {r[s]['accuracy_shorter_preferred'] or 0:.1%} ({r[s]['prefer_longer']:.1%})" for s in sets]
+        cells = [f"{r[s]['accuracy']:.1%} / {r[s]['accuracy_shorter_preferred'] or 0:.1%} ({r[s]['prefer_longer']:.1%}; {100 * r[s]['vs_prefer_longer_ci'][0]:+.1f}, {100 * r[s]['vs_prefer_longer_ci'][1]:+.1f})" for s in sets]
         print(f"| {r['model']} | {r['beta']}{' (gold)' if r.get('chosen_by_gold') else ''} | " + " | ".join(cells) + " |", flush=True)
 
 

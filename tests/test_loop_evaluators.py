@@ -64,11 +64,46 @@ def test_pair_agreement_by_hand_with_ties_left_out():
     assert m["agreement"] == [[1.0, ab["agreement"], ab["agreement"]], [ab["agreement"], 1.0, 1.0], [ab["agreement"], 1.0, 1.0]]
 
 
+def test_paired_difference_against_prefer_longer_by_hand():
+    from trainers.loop.stats import paired_difference
+
+    # always right where the baseline is always wrong: +1 in every replicate; the same hits: 0 in every replicate
+    assert paired_difference([True] * 5, [False] * 5) == {"difference": 1.0, "ci": [1.0, 1.0], "n_boot": 2000}
+    assert paired_difference([True, False, True], [True, False, True])["ci"] == [0.0, 0.0]
+    # two pairs, differences +1 and 0: a replicate's mean is 0, 1/2 or 1, each end with probability 1/4 > 2.5%
+    d = paired_difference([True, True], [False, True])
+    assert d["difference"] == 0.5 and d["ci"] == [0.0, 1.0]
+    # 100 pairs, 10 more hits: the interval is about +/- 2 sd = 2 sqrt(0.1 - 0.01) / 10 = 0.06 around 0.1
+    d = paired_difference([True] * 60 + [False] * 40, [True] * 50 + [False] * 50, n_boot=4000, seed=1)
+    assert d["difference"] == pytest.approx(0.1) and 0.02 <= d["ci"][0] <= 0.05 and 0.15 <= d["ci"][1] <= 0.18
+    with pytest.raises(ValueError, match="equally long"):
+        paired_difference([True], [True, False])
+
+
+def test_set_accuracy_by_hand_equal_lengths_miss_for_prefer_longer():
+    from trainers.loop.evaluators import set_accuracy
+
+    m = [{"role": "user", "content": "q"}]
+    rows = [
+        {"messages": m, "response_a": "long answer", "response_b": "short", "human": "A"},  # RM right, longer right
+        {"messages": m, "response_a": "long answer", "response_b": "short", "human": "B"},  # RM right, longer wrong
+        {"messages": m, "response_a": "same", "response_b": "size", "human": "A"},  # RM wrong, equal lengths: longer wrong
+        {"messages": m, "response_a": "x", "response_b": "yyyy", "human": "B"},  # RM right, longer right
+    ]
+    s = set_accuracy("toy", rows, [2.0, 0.0, 0.0, 0.1], [1.0, 1.0, 1.0, 0.5], in_domain=False)
+    assert (s.n, s.accuracy, s.prefer_longer, s.in_domain) == (4, 0.75, 0.5, False)
+    # per-pair differences 0, +1, 0 (both wrong), 0: a replicate is 0 with probability (3/4)^4 = 32%, and 3/4 or
+    # more with 4 (1/4)^3 (3/4) + (1/4)^4 = 5.1% (> 2.5%), all four +1 with 0.4% (< 2.5%)
+    assert s.vs_prefer_longer_ci == [0.0, 0.75]
+    with pytest.raises(ValueError, match="human A or B"):
+        set_accuracy("toy", rows + [{**rows[0], "human": "tie"}], [0.0] * 5, [0.0] * 5, in_domain=False)
+
+
 def test_evaluator_card_round_trip_bad_card_and_readme_provenance(tmp_path):
     from aifeedback.errors import InputError
     from trainers.loop.evaluators import EVALUATION_FILE, describe, read_card, write_card
 
-    card = {"training_data": "PandaLM human majority, 311 items", "sets": [{"set": "llmbar-natural", "n": 100, "accuracy": 0.46, "prefer_longer": 0.56, "in_domain": False}]}
+    card = {"training_data": "PandaLM human majority, 311 items", "sets": [{"set": "llmbar-natural", "n": 100, "accuracy": 0.46, "prefer_longer": 0.56, "vs_prefer_longer_ci": [-0.16, 0.04], "in_domain": False}]}
     write_card(tmp_path, card)
     assert read_card(tmp_path).model_dump() == card
     info = describe(tmp_path)
@@ -103,7 +138,7 @@ def world(tmp_path_factory, tiny_rm):
     d = tmp_path_factory.mktemp("evalworld")
     prompts, gold = prompts_and_gold(d)
     carded = shutil.copytree(tiny_rm(1), d / "carded")  # the shared tiny RM stays read-only: the card goes on a copy
-    write_card(carded, {"training_data": "16 toy pairs, kind and long wins", "sets": [{"set": "toy-ood", "n": 40, "accuracy": 0.425, "prefer_longer": 0.675, "in_domain": False}, {"set": "toy-held-out", "n": 8, "accuracy": 0.875, "in_domain": True}]})
+    write_card(carded, {"training_data": "16 toy pairs, kind and long wins", "sets": [{"set": "toy-ood", "n": 40, "accuracy": 0.425, "prefer_longer": 0.675, "vs_prefer_longer_ci": [-0.45, -0.05], "in_domain": False}, {"set": "toy-held-out", "n": 8, "accuracy": 0.875, "in_domain": True}]})
     # loop_sets reads "evaluator"; the tests pass theirs
     return {"policy": tiny_policy(d / "policy"), "labeler": tiny_rm(0), "one": carded, "two": tiny_rm(2), "evaluator": carded, "prompts": prompts, "gold": gold}
 
@@ -166,7 +201,7 @@ def test_two_evaluators_figures_by_hand_then_a_third_reruns_only_eval(world, tmp
     for v in ev["evaluators"]:
         assert f"<td>1</td><td>{v['name']}</td><td>{100 * v['win_rate']:.1f}%</td>" in html
     assert f"<td>one / two</td><td>{100 * agr['agreement']:.1f}%</td>" in html
-    assert "16 toy pairs, kind and long wins" in html and "toy-ood: 42.5% (prefer-longer 67.5%), n=40" in html and "toy-held-out: 87.5%, n=8" in html
+    assert "16 toy pairs, kind and long wins" in html and "toy-ood: 42.5% (prefer-longer 67.5%; difference [-45.0, -5.0] points), n=40" in html and "toy-held-out: 87.5%, n=8" in html
     assert html.count("not recorded") == 3  # evaluator two: training data, out-of-domain and in-domain accuracy
 
     # a re-run adding a third evaluator (the labeler's own RM) runs only the eval stage, on the stored samples

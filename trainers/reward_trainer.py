@@ -290,25 +290,29 @@ class RewardTrainer:
     def n_params(self) -> int:
         return sum(p.numel() for p in self.model.parameters())
 
-    def accuracy(self, rows: list[dict]) -> float:
-        """Held-out accuracy against human labels: the pair's human winner gets the higher reward."""
+    def pair_rewards(self, rows: list[dict]) -> tuple[list[float], list[float]]:
+        """(rewards of response_a, rewards of response_b) of each row, in batches of 32."""
         import torch
 
-        rows = [r for r in rows if r.get("human") in ("A", "B")]
-        if not rows:
-            return math.nan
         self.model.eval()
-        hits = 0
+        r_a: list[float] = []
+        r_b: list[float] = []
         with torch.no_grad():
             for s in range(0, len(rows), 32):
                 batch = rows[s : s + 32]
                 prompts = [prompt_text(r["messages"]) for r in batch]
-                r_a = self.rewards(prompts, [r["response_a"] for r in batch])
-                r_b = self.rewards(prompts, [r["response_b"] for r in batch])
-                for r, a, b in zip(batch, r_a.tolist(), r_b.tolist()):
-                    hits += (a > b) == (r["human"] == "A")
+                r_a += self.rewards(prompts, [r["response_a"] for r in batch]).tolist()
+                r_b += self.rewards(prompts, [r["response_b"] for r in batch]).tolist()
         self.model.train()
-        return hits / len(rows)
+        return r_a, r_b
+
+    def accuracy(self, rows: list[dict]) -> float:
+        """Held-out accuracy against human labels: the pair's human winner gets the higher reward."""
+        rows = [r for r in rows if r.get("human") in ("A", "B")]
+        if not rows:
+            return math.nan
+        r_a, r_b = self.pair_rewards(rows)
+        return sum((a > b) == (r["human"] == "A") for r, a, b in zip(rows, r_a, r_b)) / len(rows)
 
     def save(self, out_dir: str | Path, result: RewardResult, provenance: dict | None = None) -> Path:
         out = Path(out_dir)

@@ -30,6 +30,7 @@ class SetAccuracy(StrictModel):
     n: int = Field(ge=1, description="Pairs scored: those with a non-tie human label.")
     accuracy: float = Field(ge=0, le=1, description="Share of those pairs where the reward model gives the human-preferred response the higher reward.")
     prefer_longer: float | None = Field(None, ge=0, le=1, description="The same share for the prefer-the-longer-response rule on the same pairs (the baseline to beat); null if not measured.")
+    vs_prefer_longer_ci: list[float] | None = Field(None, min_length=2, max_length=2, description="95% CI of accuracy minus prefer_longer on the same pairs, by a paired bootstrap over pairs (trainers.loop.stats.paired_difference): an interval holding 0 means the set cannot tell the two apart; null if not measured.")
     in_domain: bool = Field(description="true: the set comes from the reward model's training distribution (e.g. held-out items of its training set); false: out of domain.")
 
 
@@ -45,6 +46,23 @@ class EvaluatorCard(StrictModel):
 
     training_data: str = Field(min_length=1, description="What the reward model was trained on: the pairs and whose labels.")
     sets: list[SetAccuracy] = Field(default_factory=list, description="Its accuracy on human-labelled sets; those with in_domain false are its out-of-domain accuracy.")
+
+
+def set_accuracy(name: str, rows: list[dict], r_a: list[float], r_b: list[float], in_domain: bool, n_boot: int = 2000, seed: int = 0) -> SetAccuracy:
+    """A card's entry for one set from a reward model's rewards of its pairs: rows with a human A or B (others are
+    not scored: drop them first), r_a and r_b the rewards of response_a and response_b. A pair is a hit when the
+    human-preferred response has the higher reward; prefer-longer (trainers.reward_trainer.longer_side) misses pairs
+    of equal length."""
+    from trainers.reward_trainer import longer_side
+
+    from .stats import paired_difference
+
+    if any(r.get("human") not in ("A", "B") for r in rows) or not (len(rows) == len(r_a) == len(r_b)) or not rows:
+        raise ValueError(f"set_accuracy({name!r}) takes the pairs with a human A or B and one reward of each response per pair")
+    hits = [(a > b) == (r["human"] == "A") for r, a, b in zip(rows, r_a, r_b)]
+    longer = [longer_side(r) == r["human"] for r in rows]
+    diff = paired_difference(hits, longer, n_boot, seed)
+    return SetAccuracy(set=name, n=len(rows), accuracy=sum(hits) / len(rows), prefer_longer=sum(longer) / len(rows), vs_prefer_longer_ci=diff["ci"], in_domain=in_domain)
 
 
 def write_card(folder: str | Path, card: EvaluatorCard | dict) -> Path:

@@ -111,7 +111,12 @@ def _sets(sets: list[dict], in_domain: bool) -> str:
     mine = [x for x in sets if x["in_domain"] == in_domain]
     if not mine:
         return "not recorded"
-    return "<br>".join(f"{html.escape(x['set'])}: {_pct(x['accuracy'])}" + ("" if x.get("prefer_longer") is None else f" (prefer-longer {_pct(x['prefer_longer'])})") + f", n={x['n']}" for x in mine)
+    return "<br>".join(f"{html.escape(x['set'])}: {_pct(x['accuracy'])}" + ("" if x.get("prefer_longer") is None else f" (prefer-longer {_pct(x['prefer_longer'])}{_diff(x.get('vs_prefer_longer_ci'))})") + f", n={x['n']}" for x in mine)
+
+
+def _diff(ci: list[float] | None) -> str:
+    """The paired 95% CI of accuracy minus prefer-longer, in points."""
+    return "" if ci is None else f"; difference [{100 * ci[0]:+.1f}, {100 * ci[1]:+.1f}] points"
 
 
 def _evaluator_rows(d: dict) -> list[str]:

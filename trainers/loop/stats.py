@@ -24,6 +24,24 @@ def logistic_fit(x: list[float], y: list[float], l2: float = 1e-3, iters: int = 
     return float(th[0]), float(th[1])
 
 
+def ci95(values: list[float]) -> list[float]:
+    """A 95% percentile interval of bootstrap replicates: the order statistics floor(0.025 (n - 1)) and
+    ceil(0.975 (n - 1)) (numpy's "lower" and "higher" quantiles)."""
+    v = sorted(values)
+    return [v[int(0.025 * (len(v) - 1))], v[math.ceil(0.975 * (len(v) - 1))]]
+
+
+def paired_difference(hits: list[bool], baseline_hits: list[bool], n_boot: int = 2000, seed: int = 0) -> dict:
+    """Accuracy minus a baseline's on the same pairs, with a 95% CI from a paired bootstrap: each of the n_boot
+    replicates draws len(hits) pair indices by ``random.Random(seed).randrange`` and takes both rules' hits on them."""
+    if len(hits) != len(baseline_hits) or not hits:
+        raise ValueError(f"paired_difference needs two equally long, non-empty lists of hits (got {len(hits)} and {len(baseline_hits)})")
+    d = [int(a) - int(b) for a, b in zip(hits, baseline_hits)]
+    n, rng = len(d), random.Random(seed)
+    boot = [sum(d[rng.randrange(n)] for _ in range(n)) / n for _ in range(n_boot)]
+    return {"difference": sum(d) / n, "ci": ci95(boot), "n_boot": n_boot}
+
+
 def verdict(new: dict, base: dict) -> int:
     """One evaluator's verdict on a (new, initial) sample pair: 1 the new one wins, -1 the initial one, 0 a tie.
     A tie is equal rewards, or the same response text: a reward model scores the same text a few ulps apart in
@@ -69,17 +87,13 @@ def win_stats(new: list[dict], base: list[dict], n_boot: int, seed: int) -> dict
         boot_w.append(sum(wins[j] for j in idx) / len(idx))
         boot_lc.append(lc(idx))
 
-    def ci(v: list[float]) -> list[float]:
-        v = sorted(v)
-        return [v[int(0.025 * (len(v) - 1))], v[math.ceil(0.975 * (len(v) - 1))]]
-
     return {
         "n": len(pairs),
         "n_prompts": len(prompts),
         "win_rate": sum(wins) / len(wins),
-        "win_rate_ci": ci(boot_w),
+        "win_rate_ci": ci95(boot_w),
         "lc_win_rate": lc(list(range(len(pairs)))),
-        "lc_win_rate_ci": ci(boot_lc),
+        "lc_win_rate_ci": ci95(boot_lc),
         "mean_tokens_new": sum(n["tokens"] for n, _ in pairs) / len(pairs),
         "mean_tokens_initial": sum(o["tokens"] for _, o in pairs) / len(pairs),
         "mean_reward_new": sum(n["reward"] for n, _ in pairs) / len(pairs),
