@@ -77,18 +77,24 @@ def eval_sets(hh: int) -> tuple[dict[str, list[dict]], list[dict]]:
     return sets, sp["gold"]
 
 
+def shorter_won(rows: list[dict], hits: list[bool]) -> dict:
+    """Accuracy on the pairs where humans preferred the shorter answer (equal lengths are not among them)."""
+    from trainers.reward_trainer import longer_side
+
+    shorter = [h for h, r in zip(hits, rows) if longer_side(r) not in (None, r["human"])]
+    return {"n_shorter_preferred": len(shorter), "accuracy_shorter_preferred": sum(shorter) / len(shorter) if shorter else None}
+
+
 def report(trainer, name: str, sets: dict[str, list[dict]]) -> list[dict]:
     """Each set's card entry (trainers.loop.evaluators.set_accuracy), with the accuracy on its pairs where humans preferred the shorter answer."""
     from trainers.loop.evaluators import set_accuracy
-    from trainers.reward_trainer import longer_side
 
     out = []
     for set_name, rows in sets.items():
         rows = [r for r in rows if r["human"] in ("A", "B")]
         r_a, r_b = trainer.pair_rewards(rows)
         o = set_accuracy(set_name, rows, r_a, r_b, in_domain=False).model_dump()
-        shorter = [(a > b) == (r["human"] == "A") for r, a, b in zip(rows, r_a, r_b) if longer_side(r) not in (None, r["human"])]
-        o |= {"n_shorter_preferred": len(shorter), "accuracy_shorter_preferred": sum(shorter) / len(shorter) if shorter else None}
+        o |= shorter_won(rows, [(a > b) == (r["human"] == "A") for r, a, b in zip(rows, r_a, r_b)])
         out.append(o)
         lo, hi = o["vs_prefer_longer_ci"]
         print(f"| {name} | {set_name} | {o['n']} | {o['accuracy']:.1%} | {o['prefer_longer']:.1%} [{100 * lo:+.1f}, {100 * hi:+.1f}] | {o['n_shorter_preferred']} | {o['accuracy_shorter_preferred'] or 0:.1%} |", flush=True)

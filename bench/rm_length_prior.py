@@ -41,32 +41,30 @@ def margins(model: str, sets: dict[str, list[dict]], max_length: int) -> dict[st
     return out
 
 
+def _sd(xs: list[float]) -> float:
+    mu = sum(xs) / len(xs)
+    return (sum((x - mu) ** 2 for x in xs) / len(xs)) ** 0.5 or 1.0
+
+
 def sweep(name: str, m: dict[str, list[float]], sets: dict[str, list[dict]]) -> list[dict]:
-    """Accuracy by beta on every set; m holds the margins by set, 'gold' among them."""
-    from trainers.loop.stats import paired_difference
+    """Accuracy by beta on every set (trainers.loop.evaluators.set_accuracy of the prior-shifted margin, with
+    rm_alpaca_eval.shorter_won); m holds the margins by set, 'gold' among them."""
+    from rm_alpaca_eval import shorter_won
+
+    from trainers.loop.evaluators import set_accuracy
     from trainers.reward_trainer import longer_side
 
-    def sd(xs):
-        mu = sum(xs) / len(xs)
-        return (sum((x - mu) ** 2 for x in xs) / len(xs)) ** 0.5 or 1.0
-
-    scale = sd(m["gold"])
+    scale = _sd(m["gold"])
+    sides = {k: [{"A": 1, "B": -1, None: 0}[longer_side(r)] for r in rows] for k, rows in sets.items()}
     rows_out = []
     for beta in BETAS:
         row = {"model": name, "beta": beta}
         for set_name, rows in sets.items():
-            side = [{"A": 1, "B": -1, None: 0}[longer_side(r)] for r in rows]
-            hits = [((mi / scale + beta * s) > 0) == (r["human"] == "A") for mi, s, r in zip(m[set_name], side, rows)]
-            shorter = [h for h, s, r in zip(hits, side, rows) if s != 0 and s != (1 if r["human"] == "A" else -1)]
-            longer = [s == (1 if r["human"] == "A" else -1) for s, r in zip(side, rows)]
-            row[set_name] = {
-                "n": len(rows),
-                "accuracy": sum(hits) / len(rows),
-                "vs_prefer_longer_ci": paired_difference(hits, longer)["ci"],
-                "accuracy_shorter_preferred": sum(shorter) / len(shorter) if shorter else None,
-                "prefer_longer": sum(longer) / len(rows),
-                "equal_length": side.count(0),
-            }
+            score = [mi / scale + beta * s for mi, s in zip(m[set_name], sides[set_name])]
+            acc = set_accuracy(set_name, rows, score, [0.0] * len(rows), in_domain=False)
+            hits = [(x > 0) == (r["human"] == "A") for x, r in zip(score, rows)]
+            row[set_name] = {"n": acc.n, "accuracy": acc.accuracy, "vs_prefer_longer_ci": acc.vs_prefer_longer_ci, "prefer_longer": acc.prefer_longer, "equal_length": sides[set_name].count(0)}
+            row[set_name]["accuracy_shorter_preferred"] = shorter_won(rows, hits)["accuracy_shorter_preferred"]
         rows_out.append(row)
     best = max(rows_out, key=lambda r: (r["gold"]["accuracy"], -r["beta"]))
     best["chosen_by_gold"] = True
@@ -105,13 +103,8 @@ def main() -> None:
         for p, m in all_m.items():
             result["labelers"] += sweep(p, m, sets)
         if args.ensemble and len(labelers) > 1:
-
-            def z(xs, ref):
-                mu = sum(ref) / len(ref)
-                s = (sum((x - mu) ** 2 for x in ref) / len(ref)) ** 0.5 or 1.0
-                return [x / s for x in xs]
-
-            ens = {k: [sum(v) for v in zip(*(z(all_m[p][k], all_m[p]["gold"]) for p in labelers))] for k in sets}
+            scale = {p: _sd(all_m[p]["gold"]) for p in labelers}
+            ens = {k: [sum(v) for v in zip(*([x / scale[p] for x in all_m[p][k]] for p in labelers))] for k in sets}
             result["labelers"] += sweep("+".join(Path(p).name for p in labelers), ens, sets)
         print_rows(result["labelers"])
     evaluators = [p for p in args.evaluators.split(",") if p]
