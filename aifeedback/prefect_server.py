@@ -123,24 +123,31 @@ def _discard() -> None:
 
 
 def _ready(st: dict, auth: str, timeout: float = 2.0) -> bool:
-    """The recorded server answers as ours.
+    """The recorded server answers as ours (see ``_probe``)."""
+    return not _probe(st, auth, timeout)
+
+
+def _probe(st: dict, auth: str, timeout: float = 2.0) -> str:
+    """Why the recorded server does not answer as ours, or "" when it does.
 
     Its process group holds the listening socket on the port (checked first, so the auth
     string never goes to another process), a request without the auth string is refused
     with 401, and the same request with it answers 200.
     """
     if not procs.group_listens(st["pid"], st["port"], HOST):
-        return False
+        return f"no process of its group listens on port {st['port']}"
     import httpx
 
     url = f"{st['api_url']}/admin/version"
     try:
         with httpx.Client(timeout=timeout, trust_env=False) as client:
-            if client.get(url).status_code != 401:
-                return False
-            return client.get(url, auth=_basic(auth)).status_code == 200
-    except httpx.HTTPError:
-        return False
+            anonymous = client.get(url).status_code
+            if anonymous != 401:
+                return f"GET {url} without the auth string answered {anonymous}, not 401"
+            authed = client.get(url, auth=_basic(auth)).status_code
+            return "" if authed == 200 else f"GET {url} with the auth string answered {authed}, not 200"
+    except httpx.HTTPError as exc:
+        return f"GET {url} failed: {type(exc).__name__}: {exc}"
 
 
 def _basic(auth: str) -> tuple[str, str]:
@@ -185,9 +192,10 @@ def start(timeout: float = 180.0, port: int | None = None) -> dict:
     with state_lock():
         st = running()
         if st:  # started by another command: running, or still coming up; wait for it rather than start a second
-            if _wait_ready(st, _read_auth(), timeout):
+            why = _wait_ready(st, _read_auth(), timeout)
+            if not why:
                 return st
-            raise ServerError(f"the shared Prefect server (pid {st['pid']}) does not answer at {st['api_url']}; see {st['log']}, or run `aifeedback server stop` and retry")
+            raise ServerError(f"the shared Prefect server (pid {st['pid']}) does not answer at {st['api_url']}: {why}; see {st['log']}, or run `aifeedback server stop` and retry")
         _discard()  # none, or a stale record: its pid is not the process it names
         return _launch(timeout, port)
 
@@ -208,6 +216,8 @@ def _launch(timeout: float, port: int | None) -> dict:
         PREFECT_SERVER_API_HOST=HOST,
         PREFECT_SERVER_API_PORT=str(port),  # so the UI calls this API, not the default port
         PREFECT_UI_ENABLED=os.environ.get("PREFECT_UI_ENABLED", "true"),
+        # Prefect's server posts a telemetry heartbeat to prefect.io unless told not to; a local server sends nothing out
+        PREFECT_SERVER_ANALYTICS_ENABLED=os.environ.get("PREFECT_SERVER_ANALYTICS_ENABLED", "false"),
     )
     cmd = [sys.executable, "-m", "prefect", "server", "start", "--host", HOST, "--port", str(port)]
     with open(log, "ab") as fh:
@@ -238,29 +248,41 @@ def _launch(timeout: float, port: int | None) -> dict:
         proc.wait()
         _discard()
         raise
-    if _wait_ready(st, auth, timeout, proc):
+    why = _wait_ready(st, auth, timeout, proc)
+    if not why:
         return st
-    exited = proc.poll() is not None
-    _stop_recorded(st)
-    proc.wait()
-    taken = f"; port {port} is held by another process" if exited and _port_taken(port) else ""
+    # our own child, not yet reaped, so its pid names no other process: killed without an identity check, and waited on
+    procs.kill_group(proc.pid, timeout=15.0)
+    try:
+        proc.wait(timeout=10.0)
+    except subprocess.TimeoutExpired:
+        why += f"; pid {proc.pid} did not exit after SIGKILL"
+    _discard()
+    taken = f"; port {port} is held by another process" if proc.returncode is not None and _port_taken(port) else ""
     tail = "\n".join(log.read_text(errors="replace").splitlines()[-20:]) if log.is_file() else ""
-    raise ServerError(f"the shared Prefect server {'exited' if exited else f'did not answer within {timeout:.0f} s'}{taken} (log {log}):\n{tail}")
+    raise ServerError(f"the shared Prefect server did not come up: {why}{taken} (log {log}):\n{tail}")
 
 
-def _wait_ready(st: dict, auth: str | None, timeout: float, proc: subprocess.Popen | None = None) -> bool:
+def _wait_ready(st: dict, auth: str | None, timeout: float, proc: subprocess.Popen | None = None) -> str:
+    """"" once the recorded server answers as ours within ``timeout`` s, else why not.
+
+    ``proc``: the server when this process started it (alive while ``poll`` is None); else the
+    recorded process must stay the one recorded (``procs.matches``).
+    """
     if not auth:
-        return False
+        return f"its auth file {auth_path()} is missing"
     deadline = time.monotonic() + timeout
+    why = "not checked"
     while time.monotonic() < deadline:
         if proc is not None and proc.poll() is not None:
-            return False
-        if not procs.matches(st["pid"], st):
-            return False
-        if _ready(st, auth):
-            return True
+            return f"it exited with code {proc.returncode}"
+        if proc is None and not procs.matches(st["pid"], st):
+            return f"pid {st['pid']} is no longer the process recorded"
+        why = _probe(st, auth)
+        if not why:
+            return ""
         time.sleep(0.25)
-    return False
+    return f"it did not answer within {timeout:.0f} s (last check: {why})"
 
 
 def stop(timeout: float = 15.0) -> dict | None:

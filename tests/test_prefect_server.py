@@ -196,7 +196,7 @@ def test_a_stale_state_file_naming_an_unrelated_process_is_discarded(tmp_path, h
         # the record an older version wrote (pid and port only), the case a review verified: start waited 180 s, stop sent SIGTERM
         (home / "aifeedback-server.json").write_text(json.dumps({"pid": other.pid, "port": port, "api_url": f"http://127.0.0.1:{port}/api", "log": "x", "ui_url": "x", "started": "x"}))
         t0 = time.monotonic()
-        started = _aif(home, "server", "start", timeout=170)
+        started = _aif(home, "server", "start", timeout=300)  # past start's own 180 s, so a failure prints its reason
         took = time.monotonic() - t0
         assert started.returncode == 0 and "started" in started.stdout, started.stdout[-2000:] + started.stderr[-3000:]
         assert took < 120, f"server start took {took:.0f} s"
@@ -226,6 +226,7 @@ def test_auth_string_is_private_required_and_given_to_flows(home):
     assert secret.split(":")[1] not in Path(st["log"]).read_text()
     for p in psutil.Process(st["pid"]).children(recursive=True) + [psutil.Process(st["pid"])]:
         assert secret.split(":")[1] not in " ".join(p.cmdline())
+    assert psutil.Process(st["pid"]).environ().get("PREFECT_SERVER_ANALYTICS_ENABLED") == "false"  # no telemetry heartbeat to prefect.io
 
     api = st["api_url"]
     assert httpx.get(f"{api}/admin/version", timeout=10).status_code == 401
@@ -320,6 +321,28 @@ def test_a_failed_state_write_kills_the_started_server(home):
         prefect_server.start()
     assert _server_processes(home) == []
     assert not (home / "aifeedback-server.auth").exists()
+
+
+def test_a_server_that_does_not_answer_in_time_is_killed_and_the_reason_named(home, monkeypatch):
+    """A server this process started and that does not answer within the timeout is killed and reaped, even when its recorded identity no longer matches (the wait never hangs)."""
+    monkeypatch.setattr(prefect_server.procs, "matches", lambda pid, recorded: False)  # what a record that stopped matching looks like
+    outcome: dict = {}
+
+    def attempt():
+        try:
+            prefect_server.start(timeout=1)
+        except prefect_server.ServerError as exc:
+            outcome["error"] = str(exc)
+
+    thread = threading.Thread(target=attempt, daemon=True)
+    t0 = time.monotonic()
+    thread.start()
+    thread.join(timeout=120)
+    assert not thread.is_alive(), "start() hung after its server failed to come up"
+    assert "did not answer within 1 s (last check: " in outcome["error"] and "aifeedback-server.log" in outcome["error"], outcome
+    assert time.monotonic() - t0 < 60
+    assert _server_processes(home) == []
+    assert not (home / "aifeedback-server.json").exists() and not (home / "aifeedback-server.auth").exists()
 
 
 def test_stop_waits_for_the_start_lock(home):
