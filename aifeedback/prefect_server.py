@@ -251,6 +251,7 @@ def _launch(timeout: float, port: int | None) -> dict:
     why = _wait_ready(st, auth, timeout, proc)
     if not why:
         return st
+    exited = proc.poll() is not None  # on its own, before we signal it
     # our own child, not yet reaped, so its pid names no other process: killed without an identity check, and waited on
     procs.kill_group(proc.pid, timeout=15.0)
     try:
@@ -258,7 +259,7 @@ def _launch(timeout: float, port: int | None) -> dict:
     except subprocess.TimeoutExpired:
         why += f"; pid {proc.pid} did not exit after SIGKILL"
     _discard()
-    taken = f"; port {port} is held by another process" if proc.returncode is not None and _port_taken(port) else ""
+    taken = f"; port {port} is held by another process" if exited and _port_taken(port) else ""
     tail = "\n".join(log.read_text(errors="replace").splitlines()[-20:]) if log.is_file() else ""
     raise ServerError(f"the shared Prefect server did not come up: {why}{taken} (log {log}):\n{tail}")
 

@@ -345,6 +345,15 @@ def test_a_server_that_does_not_answer_in_time_is_killed_and_the_reason_named(ho
     assert not (home / "aifeedback-server.json").exists() and not (home / "aifeedback-server.auth").exists()
 
 
+def test_a_server_that_exits_is_reported_with_its_code_and_log(home, monkeypatch):
+    """A server that exits while coming up (here: a setting Prefect rejects) is named as exited, with its exit code and its log's tail."""
+    monkeypatch.setenv("PREFECT_SERVER_LOGGING_LEVEL", "NOT-A-LEVEL")
+    with pytest.raises(prefect_server.ServerError, match=r"it exited with code [1-9]") as err:
+        prefect_server.start(timeout=120)
+    assert "NOT-A-LEVEL" in str(err.value)  # the log's tail says why
+    assert _server_processes(home) == [] and not (home / "aifeedback-server.json").exists()
+
+
 def test_stop_waits_for_the_start_lock(home):
     """`stop` takes the lock `start` holds while a server comes up, so it never acts on a half-written state."""
     done = threading.Event()
