@@ -114,6 +114,7 @@ def main() -> None:
     ap.add_argument("--lr", type=float, default=3e-5)
     ap.add_argument("--hh", type=int, default=500, help="hh-rlhf harmless-base test pairs to report on (0: none)")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--checkpoint-every", type=int, default=0, help="RewardConfig.checkpoint_every: save the training state every N steps in OUT/VARIANT/checkpoint; rerun the same command to resume")
     ap.add_argument("--backbone", default=None, help="RewardConfig.backbone (default: MiniLM); e.g. embedded/smollm2-135m-instruct")
     args = ap.parse_args()
 
@@ -134,17 +135,17 @@ def main() -> None:
     out = Path(args.out)
     for variant in args.variants.split(","):
         backbone = {"backbone": args.backbone} if args.backbone else {}
-        cfg = RewardConfig(labels="soft", epochs=args.epochs, seed=args.seed, max_length=args.max_length, batch_size=args.batch_size, lr=args.lr, early_stopping=True, **backbone, **VARIANTS[variant])
+        cfg = RewardConfig(labels="soft", epochs=args.epochs, seed=args.seed, max_length=args.max_length, batch_size=args.batch_size, lr=args.lr, early_stopping=True, checkpoint_every=args.checkpoint_every, **backbone, **VARIANTS[variant])
         t0 = time.perf_counter()
         tr = RewardTrainer(cfg)
-        res = tr.train(rows, None, gold_rows=gold)
+        res = tr.train(rows, None, gold_rows=gold, checkpoint_dir=out / variant / "checkpoint")
         seconds = time.perf_counter() - t0
         training_data = f"AlpacaEval 2.0 GPT-4-turbo soft labels ({len(rows)} pairs, derive={args.derive}, eps={args.eps}), length control: {variant}, backbone {cfg.backbone}"
         tr.save(out / variant, res, {"bench": "bench/rm_alpaca_eval.py", "variant": variant, "training_data": training_data})
         sets_out = report(tr, variant, sets)
         write_card(out / variant, {"training_data": training_data, "sets": [{k: s[k] for k in ("set", "n", "accuracy", "prefer_longer", "vs_prefer_longer_ci", "in_domain")} for s in sets_out]})
         rss_gb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
-        results[variant] = {"n_train": res.n_train, "gold_curve": res.gold_curve, "best_epoch": res.best_epoch, "seconds": seconds, "max_rss_gb": rss_gb, "sets": sets_out}
+        results[variant] = {"n_train": res.n_train, "gold_curve": res.gold_curve, "best_epoch": res.best_epoch, "seconds": seconds, "training_seconds": res.seconds, "resumed_from_step": res.resumed_from_step, "max_rss_gb": rss_gb, "sets": sets_out}
         print(f"{variant}: {res.n_train} pairs, gold accuracy per epoch {[round(a, 3) for a in res.gold_curve]}, {seconds:.0f} s, peak RSS {rss_gb:.1f} GB", flush=True)
         out.mkdir(parents=True, exist_ok=True)
         (out / "bench.json").write_text(json.dumps(results, indent=2))

@@ -29,10 +29,10 @@ def run_train_rm(run_dir: str, out_dir: str, config_path: str | None = None, ove
     if not kept:
         raise InputError(f"no training pairs in {store.root} after filtering {len(train)} ({dropped}); lower min_confidence, set consistency=any, or label more pairs")
     trainer = RewardTrainer(cfg)
-    res = trainer.train(train, held)
+    res = trainer.train(train, held, checkpoint_dir=Path(out_dir) / "checkpoint")  # used when checkpoint_every > 0
     manifest = store.manifest("labels")
     out = trainer.save(out_dir, res, {"labels_run": str(store.root), "labeler": manifest.get("model"), "template": manifest.get("template_version"), "git_commit": git_commit(), "versions": library_versions()})
-    summary = {"model": str(out), "n_train": res.n_train, "dropped": res.dropped, "n_eval": res.n_eval, "eval_accuracy": res.eval_accuracy, "first_loss": res.losses[0], "last_loss": res.losses[-1], "steps": len(res.losses), "seconds": round(res.seconds, 1)}
+    summary = {"model": str(out), "n_train": res.n_train, "dropped": res.dropped, "n_eval": res.n_eval, "eval_accuracy": res.eval_accuracy, "first_loss": res.losses[0], "last_loss": res.losses[-1], "steps": len(res.losses), "seconds": round(res.seconds, 1), "resumed_from_step": res.resumed_from_step}
     print(summary)
     return summary
 

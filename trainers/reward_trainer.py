@@ -14,6 +14,12 @@ slice with human labels. ``length_control="residual"`` changes the targets inste
 of the model: :func:`fit_length_effect` fits the judge's length effect on the soft
 labels (AlpacaEval's length-controlled regression) and :func:`residual_targets`
 removes it before training.
+
+``checkpoint_every`` saves the whole training state (weights, optimiser, this epoch's
+order and position, RNG states, losses, gold curve, best epoch) every N steps and at
+each epoch's end, atomically, to ``checkpoint_dir``; the same training rerun resumes
+there and ends at the weights an uninterrupted run reaches. A checkpoint written for
+other pairs or another config is refused, never silently reused.
 """
 
 from __future__ import annotations
@@ -29,6 +35,7 @@ from aifeedback.errors import InputError
 from aifeedback.preference import select, winner
 from labelers.rm_labeler import align_padding, sigmoid
 
+from .checkpoint import Checkpoint, fingerprint
 from .reward_config import RewardConfig
 
 
@@ -176,6 +183,7 @@ class RewardResult:
     gold_curve: list[float] = field(default_factory=list)  # early_stopping: gold accuracy after each epoch
     best_epoch: int | None = None
     length_control: dict | None = None  # length_control=residual: the fitted LengthFit.as_dict()
+    resumed_from_step: int | None = None  # checkpoint_every: the step a checkpoint resumed training from
 
 
 class RewardTrainer:
@@ -234,8 +242,12 @@ class RewardTrainer:
             loss = loss + cfg.length_weight * (pearson(q, lengths).abs() - pearson(ln, lengths))
         return loss
 
-    def train(self, rows: list[dict], eval_rows: list[dict] | None = None, gold_rows: list[dict] | None = None) -> RewardResult:
-        """Train on ``rows``; ``eval_rows`` (human labels) give the held-out accuracy, ``gold_rows`` pick the epoch with ``early_stopping``."""
+    def train(self, rows: list[dict], eval_rows: list[dict] | None = None, gold_rows: list[dict] | None = None, checkpoint_dir: str | Path | None = None) -> RewardResult:
+        """Train on ``rows``; ``eval_rows`` (human labels) give the held-out accuracy, ``gold_rows`` pick the epoch with ``early_stopping``.
+
+        ``checkpoint_dir`` with ``checkpoint_every``: the training state is saved there, and a
+        checkpoint already there (from the same pairs and config) is resumed.
+        """
         import copy
 
         import torch
@@ -253,14 +265,36 @@ class RewardTrainer:
         weights = balance_weights(kept) if cfg.length_balance else None
         opt = torch.optim.AdamW(self.model.parameters(), lr=cfg.lr)
         rng = random.Random(cfg.seed)
+        ckpt = Checkpoint(Path(checkpoint_dir), fingerprint(cfg, kept, gold_rows)) if checkpoint_dir is not None and cfg.checkpoint_every else None
+        self.checkpoint = ckpt
+        step, start_epoch, order, offset, best, spent = 0, 0, None, 0, (-1.0, None, 0), 0.0
+        saved = ckpt.load() if ckpt else None
+        if saved:
+            self.model.load_state_dict(saved["model"])
+            opt.load_state_dict(saved["opt"])
+            rng.setstate(saved["py_rng"])
+            torch.set_rng_state(saved["torch_rng"])
+            step, start_epoch, order, offset, spent = saved["step"], saved["epoch"], saved["order"], saved["offset"], saved["seconds"]
+            best = (saved["best_acc"], saved["best_model"], saved["best_epoch"])
+            res.losses, res.gold_curve, res.resumed_from_step = list(saved["losses"]), list(saved["gold_curve"]), step
+
+        def save_state(epoch: int, order: list[int] | None, offset: int) -> None:
+            ckpt.save({
+                "step": step, "epoch": epoch, "order": order, "offset": offset, "seconds": spent + time.perf_counter() - t0,
+                "model": self.model.state_dict(), "opt": opt.state_dict(), "py_rng": rng.getstate(), "torch_rng": torch.get_rng_state(),
+                "losses": res.losses, "gold_curve": res.gold_curve, "best_acc": best[0], "best_model": best[1], "best_epoch": best[2],
+            })
+
         t0 = time.perf_counter()
         self.model.train()
-        step = 0
-        best = (-1.0, None, 0)
-        for epoch in range(cfg.epochs):
-            order = list(range(len(kept)))
-            rng.shuffle(order)
-            for s in range(0, len(order), cfg.batch_size):
+        for epoch in range(start_epoch, cfg.epochs):
+            if cfg.max_steps and step >= cfg.max_steps:
+                break
+            if order is None:  # a new epoch (a resumed one keeps its order and position)
+                order = list(range(len(kept)))
+                rng.shuffle(order)
+                offset = 0
+            for s in range(offset, len(order), cfg.batch_size):
                 idx = order[s : s + cfg.batch_size]
                 w = torch.tensor([weights[i] for i in idx]) if weights else None
                 loss = self._batch_loss([kept[i] for i in idx], w)
@@ -271,17 +305,20 @@ class RewardTrainer:
                 step += 1
                 if cfg.max_steps and step >= cfg.max_steps:
                     break
+                if ckpt and step % cfg.checkpoint_every == 0 and s + cfg.batch_size < len(order):
+                    save_state(epoch, order, s + cfg.batch_size)
+            order = None
             if cfg.early_stopping:
                 acc = self.accuracy(gold_rows)
                 res.gold_curve.append(acc)
                 if acc > best[0]:
                     best = (acc, copy.deepcopy(self.model.state_dict()), epoch + 1)
-            if cfg.max_steps and step >= cfg.max_steps:
-                break
+            if ckpt and not (cfg.max_steps and step >= cfg.max_steps):
+                save_state(epoch + 1, None, 0)
         if cfg.early_stopping and best[1] is not None:
             self.model.load_state_dict(best[1])
             res.best_epoch = best[2]
-        res.seconds = time.perf_counter() - t0
+        res.seconds = spent + time.perf_counter() - t0
         if eval_rows:
             res.eval_accuracy, res.n_eval = self.accuracy(eval_rows), len([r for r in eval_rows if r.get("human") in ("A", "B")])
         return res
@@ -319,6 +356,8 @@ class RewardTrainer:
         out.mkdir(parents=True, exist_ok=True)
         self.model.save_pretrained(out)
         self.tok.save_pretrained(out)
+        if getattr(self, "checkpoint", None):
+            self.checkpoint.remove()  # the model is saved: its training state is no longer needed
         (out / "aifeedback_reward_config.json").write_text(self.cfg.model_dump_json(indent=2))  # labelers.rm_labeler reads length_head from it
         if result.length_control:
             (out / "aifeedback_length_control.json").write_text(json.dumps(result.length_control, indent=2))
@@ -335,6 +374,7 @@ class RewardTrainer:
             f"- training pairs: {result.n_train} (dropped: {result.dropped})",
             f"- held-out human-label accuracy: {result.eval_accuracy if result.eval_accuracy is not None else 'n/a'} on {result.n_eval} pairs",
             f"- final training loss: {result.losses[-1]:.4f} after {len(result.losses)} steps" if result.losses else "",
+            f"- resumed from a checkpoint at step {result.resumed_from_step}" if result.resumed_from_step is not None else "",
             f"- length control: targets with the judge's length effect removed, beta1 = {result.length_control['beta1']:.4f} on tanh(delta chars / {result.length_control['scale']:.1f}) (aifeedback_length_control.json)" if result.length_control else "",
             "",
             "## Training config",
@@ -346,3 +386,4 @@ class RewardTrainer:
             card += ["", "## Provenance", "```json", json.dumps(provenance, indent=2, default=str), "```"]
         (out / "README.md").write_text("\n".join(card) + "\n")
         return out
+
