@@ -60,8 +60,9 @@ def test_train_rm_reads_config_file_and_sets(tmp_path, tiny, labelled_run):
     cfg = tmp_path / "rm.yaml"
     cfg.write_text("batch_size: 4\nmax_length: 32\nlr: 0.001\nepochs: 2\n")
     out = tmp_path / "rm"
-    res = invoke("train-rm", "--run-dir", labelled_run, "--out", str(out), "--config", str(cfg), "--backbone", tiny["backbone"], "--set", "max_steps=2", "--labels", "hard")
+    res = invoke("train-rm", "--run-dir", labelled_run, "--out", str(out), "--config", str(cfg), "--backbone", tiny["backbone"], "--set", "max_steps=2", "--set", "checkpoint_every=1", "--labels", "hard")
     assert res.exit_code == 0, res.output
+    assert not (out / "checkpoint").exists() and "'resumed_from_step': None" in res.output  # written at step 1, removed once the model is saved
     saved = json.loads((out / "aifeedback_reward_config.json").read_text())
     assert (saved["batch_size"], saved["max_length"], saved["max_steps"], saved["labels"], saved["backbone"]) == (4, 32, 2, "hard", tiny["backbone"])
     assert (out / "config.json").is_file() and "steps" in res.output
