@@ -192,6 +192,7 @@ class RewardTrainer:
         from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
         self.cfg = cfg
+        self.checkpoint: Checkpoint | None = None  # train() with checkpoint_every sets it; save() removes it
         torch.manual_seed(cfg.seed)
         if model is None:
             from aifeedback.models import resolve
@@ -356,7 +357,7 @@ class RewardTrainer:
         out.mkdir(parents=True, exist_ok=True)
         self.model.save_pretrained(out)
         self.tok.save_pretrained(out)
-        if getattr(self, "checkpoint", None):
+        if self.checkpoint:
             self.checkpoint.remove()  # the model is saved: its training state is no longer needed
         (out / "aifeedback_reward_config.json").write_text(self.cfg.model_dump_json(indent=2))  # labelers.rm_labeler reads length_head from it
         if result.length_control:
