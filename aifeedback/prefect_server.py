@@ -216,8 +216,6 @@ def _launch(timeout: float, port: int | None) -> dict:
         PREFECT_SERVER_API_HOST=HOST,
         PREFECT_SERVER_API_PORT=str(port),  # so the UI calls this API, not the default port
         PREFECT_UI_ENABLED=os.environ.get("PREFECT_UI_ENABLED", "true"),
-        # Prefect's server posts a telemetry heartbeat to prefect.io unless told not to; a local server sends nothing out
-        PREFECT_SERVER_ANALYTICS_ENABLED=os.environ.get("PREFECT_SERVER_ANALYTICS_ENABLED", "false"),
     )
     cmd = [sys.executable, "-m", "prefect", "server", "start", "--host", HOST, "--port", str(port)]
     with open(log, "ab") as fh:

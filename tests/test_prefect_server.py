@@ -226,7 +226,7 @@ def test_auth_string_is_private_required_and_given_to_flows(home):
     assert secret.split(":")[1] not in Path(st["log"]).read_text()
     for p in psutil.Process(st["pid"]).children(recursive=True) + [psutil.Process(st["pid"])]:
         assert secret.split(":")[1] not in " ".join(p.cmdline())
-    assert psutil.Process(st["pid"]).environ().get("PREFECT_SERVER_ANALYTICS_ENABLED") == "false"  # no telemetry heartbeat to prefect.io
+    assert psutil.Process(st["pid"]).environ().get("PREFECT_SERVER_ANALYTICS_ENABLED") == "false"  # prefect_env.DEFAULTS, inherited: no telemetry heartbeat to prefect.io
 
     api = st["api_url"]
     assert httpx.get(f"{api}/admin/version", timeout=10).status_code == 401
